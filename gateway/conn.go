@@ -1,0 +1,292 @@
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	gliderssh "github.com/gliderlabs/ssh"
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/kohakuriver/kohakuriver/store"
+)
+
+type ctxKey struct{ name string }
+
+var connCtxKey = &ctxKey{"kohakuriver-conn"}
+
+// conn is the state of one downstream connection.
+//
+// Callback order (each runs once, in this order, except where noted):
+//
+//	onConnect        accept; sets the immutable fields, arms the grace timer
+//	serverConfig     builds the x/crypto config; records preAuth
+//	mayAuthenticate  per offered key (possibly many times); reads only
+//	onVerified       after a signature checks out: sets route, authDone,
+//	                 then starts the hop
+//	handleChannel / handleGlobalRequest   after auth; wait for the hop
+//	close            once, from whichever side ends first
+type conn struct {
+	// Set in onConnect, read-only afterwards.
+	srv     *Server
+	id      string
+	log     *slog.Logger
+	remote  net.Addr
+	vpsPort int // listener's VPS port; 0 on the main port
+	start   time.Time
+	counted *countingConn
+	netConn net.Conn
+	grace   *time.Timer
+	slot    bool // holds a connSlots slot
+	// ctx ends when the downstream connection ends (gliderlabs cancels it)
+	// or close is called.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
+	// Set in serverConfig, then read-only.
+	preAuth gossh.ServerPreAuthConn
+
+	// mu guards bannerSent; route is written once in onVerified before
+	// authDone is published, and read-only after.
+	mu         sync.Mutex
+	bannerSent bool
+	route      route
+	authDone   atomic.Bool
+
+	// Set by startHop before hopDone is closed; read-only after.
+	hopDone chan struct{}
+	up      *upstream
+	hopErr  error
+
+	// Relay accounting.
+	channels atomic.Int32 // open channel pairs
+	forwards atomic.Int32 // remote forwards requested
+	pipes    sync.WaitGroup
+	exitMu   sync.Mutex
+	exits    []string // exit statuses/signals seen, for the log
+
+	// downReady is closed once down is set: the downstream connection is
+	// usable for opening channels and sending requests toward the client.
+	downOnce  sync.Once
+	downReady chan struct{}
+	down      gossh.Conn
+
+	closeOnce sync.Once
+}
+
+func newConnID() string {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	// Milliseconds first so ids sort by time; 24 random bits to split ties.
+	ms := uint64(time.Now().UnixMilli())
+	ts := []byte{byte(ms >> 32), byte(ms >> 24), byte(ms >> 16), byte(ms >> 8), byte(ms)}
+	return hex.EncodeToString(ts) + hex.EncodeToString(b[:])
+}
+
+func connFrom(ctx context.Context) *conn {
+	c, _ := ctx.Value(connCtxKey).(*conn)
+	return c
+}
+
+// onConnect is gliderlabs' ConnCallback: the first thing run for every
+// accepted TCP connection.
+func (s *Server) onConnect(ctx gliderssh.Context, nc net.Conn) net.Conn {
+	info := listenerInfo{}
+	if tc, ok := nc.(taggedConn); ok {
+		info = tc.info
+		nc = tc.Conn
+	}
+	select {
+	case s.connSlots <- struct{}{}:
+	default:
+		s.log.Warn("connection refused: too many connections", "remote_addr", nc.RemoteAddr().String())
+		return nil
+	}
+	cctx, cancel := context.WithCancelCause(ctx)
+	c := &conn{
+		srv:       s,
+		id:        newConnID(),
+		remote:    nc.RemoteAddr(),
+		vpsPort:   info.vpsPort,
+		start:     time.Now(),
+		slot:      true,
+		ctx:       cctx,
+		cancel:    cancel,
+		hopDone:   make(chan struct{}),
+		downReady: make(chan struct{}),
+	}
+	c.log = s.log.With("conn_id", c.id)
+	c.counted = &countingConn{Conn: nc}
+	c.netConn = nc
+	if !s.trackConn(c, true) {
+		<-s.connSlots
+		return nil
+	}
+	ctx.SetValue(connCtxKey, c)
+	// gliderlabs v0.3.8 has no handshake timeout and resets deadlines on
+	// every read, so a deadline would not survive: a timer that closes the
+	// socket unless auth finished does.
+	c.grace = time.AfterFunc(s.cfg.LoginGraceTime, func() {
+		if !c.authDone.Load() {
+			c.log.Info("login grace time exceeded", "remote_addr", c.remote.String())
+			nc.Close()
+		}
+	})
+	go c.waitEnd()
+	c.log.Debug("connection accepted", "remote_addr", c.remote.String(), "vps_port", c.vpsPort)
+	return c.counted
+}
+
+// onHandshakeFailed runs when the SSH handshake or auth fails.
+func (s *Server) onHandshakeFailed(nc net.Conn, err error) {
+	s.log.Debug("handshake failed", "remote_addr", nc.RemoteAddr().String(), "err", err)
+}
+
+// waitEnd ends the conn when its context ends (the downstream connection
+// closed: gliderlabs cancels the context when it closes the socket).
+func (c *conn) waitEnd() {
+	<-c.ctx.Done()
+	c.close(context.Cause(c.ctx))
+}
+
+// close ends the connection from whichever side: stops the hop, closes the
+// downstream socket, releases the slot and writes the summary log line.
+func (c *conn) close(cause error) {
+	c.closeOnce.Do(func() {
+		c.cancel(cause)
+		c.grace.Stop()
+		c.netConn.Close()
+		// The hop goroutine closes hopDone in every case; after that, up
+		// is read-only.
+		<-c.hopDoneOrNever()
+		if c.up != nil {
+			c.up.client.Close()
+		}
+		c.srv.trackConn(c, false)
+		if c.slot {
+			<-c.srv.connSlots
+		}
+		c.logSummary(cause)
+	})
+}
+
+// hopDoneOrNever returns hopDone if a hop was started, else a closed
+// channel: close must not wait for a hop that will never run.
+func (c *conn) hopDoneOrNever() <-chan struct{} {
+	if c.authDone.Load() {
+		return c.hopDone
+	}
+	done := make(chan struct{})
+	close(done)
+	return done
+}
+
+func (c *conn) logSummary(cause error) {
+	if !c.authDone.Load() {
+		c.log.Debug("connection closed before auth", "remote_addr", c.remote.String(),
+			"duration", time.Since(c.start).Round(time.Millisecond).String())
+		return
+	}
+	r := c.route
+	c.exitMu.Lock()
+	exits := append([]string(nil), c.exits...)
+	c.exitMu.Unlock()
+	attrs := []any{
+		"remote_addr", c.remote.String(),
+		"route", string(r.kind),
+		"vps", r.vps.TaskID,
+		"node", r.vps.Node,
+		"owner", r.vps.Owner,
+		"login_user", r.login,
+		"key_fingerprint", r.fingerprint,
+		"start", c.start.UTC().Format(time.RFC3339Nano),
+		"duration", time.Since(c.start).Round(time.Millisecond).String(),
+		"bytes_in", c.counted.in.Load(),
+		"bytes_out", c.counted.out.Load(),
+		"exit", exits,
+	}
+	if c.hopErr != nil {
+		attrs = append(attrs, "hop_err", c.hopErr.Error())
+	}
+	if cause != nil && !errors.Is(cause, context.Canceled) {
+		attrs = append(attrs, "end", cause.Error())
+	}
+	c.log.Info("session ended", attrs...)
+}
+
+func (c *conn) recordExit(s string) {
+	c.exitMu.Lock()
+	defer c.exitMu.Unlock()
+	if len(c.exits) < 32 {
+		c.exits = append(c.exits, s)
+	}
+}
+
+// countingConn counts bytes each way for the connection log.
+type countingConn struct {
+	net.Conn
+	in, out atomic.Int64
+}
+
+func (cc *countingConn) Read(p []byte) (int, error) {
+	n, err := cc.Conn.Read(p)
+	cc.in.Add(int64(n))
+	return n, err
+}
+
+func (cc *countingConn) Write(p []byte) (int, error) {
+	n, err := cc.Conn.Write(p)
+	cc.out.Add(int64(n))
+	return n, err
+}
+
+// route is where an authenticated connection goes.
+type route struct {
+	kind        routeKind
+	vps         store.VPS
+	login       string
+	fingerprint string
+}
+
+type routeKind string
+
+const (
+	routeUsername routeKind = "username"
+	routePort     routeKind = "port"
+	routeKey      routeKind = "key"
+)
+
+func (c *conn) setDownstream(sc gossh.Conn) {
+	c.downOnce.Do(func() {
+		c.down = sc
+		close(c.downReady)
+	})
+}
+
+// downstream returns the client connection for traffic the VPS starts, or
+// nil if the connection ended. gliderlabs publishes the *gossh.ServerConn in
+// the context only after the handshake returns, microseconds after auth,
+// while the hop may already deliver requests: so wait for it, polling the
+// context briefly when no client request has delivered it yet.
+func (c *conn) downstream() gossh.Conn {
+	t := time.NewTicker(2 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if sc, ok := c.ctx.Value(gliderssh.ContextKeyConn).(*gossh.ServerConn); ok {
+			c.setDownstream(sc)
+		}
+		select {
+		case <-c.downReady:
+			return c.down
+		case <-c.ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,232 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/kohakuriver/kohakuriver/store"
+)
+
+// upstream is the hop: the gateway's SSH client connection to the VPS sshd.
+type upstream struct {
+	client gossh.Conn
+	chans  <-chan gossh.NewChannel
+	reqs   <-chan *gossh.Request
+}
+
+// startHop dials the VPS and then relays until either side ends. It runs
+// once per authenticated connection and always closes hopDone.
+func (c *conn) startHop() {
+	up, err := c.dialHop()
+	c.up, c.hopErr = up, err
+	close(c.hopDone)
+	if err != nil {
+		c.log.Warn("hop failed", "err", err)
+		return
+	}
+	go c.relayUpstreamRequests(up.reqs)
+	go c.relayUpstreamChannels(up.chans)
+	go func() {
+		// When the VPS side ends, let the channels drain to the client,
+		// then close the downstream connection.
+		err := up.client.Wait()
+		c.waitPipes(5 * time.Second)
+		c.close(fmt.Errorf("vps connection ended: %w", err))
+	}()
+}
+
+// waitHop blocks until the hop is up or failed, or the conn ends.
+func (c *conn) waitHop() (*upstream, error) {
+	select {
+	case <-c.hopDone:
+		return c.up, c.hopErr
+	case <-c.ctx.Done():
+		return nil, context.Cause(c.ctx)
+	}
+}
+
+func (c *conn) waitPipes(max time.Duration) {
+	done := make(chan struct{})
+	go func() { c.pipes.Wait(); close(done) }()
+	t := time.NewTimer(max)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	}
+}
+
+// dialHop checks that the VPS can be reached and opens the authenticated,
+// host-key-pinned SSH connection to its sshd.
+func (c *conn) dialHop() (*upstream, error) {
+	s := c.srv
+	v := c.route.vps
+	ref := v.Ref()
+	ctx, cancel := context.WithTimeout(c.ctx, s.cfg.HopTimeout)
+	defer cancel()
+
+	// Re-read: status may have changed since auth.
+	if fresh, err := s.cfg.Directory.VPS(ctx, v.TaskID); err == nil {
+		v = fresh
+	} else if errors.Is(err, store.ErrNotFound) {
+		return nil, userErrorf(err, "VPS %s was deleted", ref)
+	}
+	switch v.Status {
+	case store.StatusRunning:
+	case store.StatusStopped:
+		return nil, userErrorf(nil, "VPS %s is stopped; start it with `kohakuriver vps restart %s`", ref, ref)
+	case store.StatusPending:
+		return nil, userErrorf(nil, "VPS %s is still starting; try again in a few seconds (`kohakuriver vps status %s`)", ref, ref)
+	case store.StatusLost:
+		return nil, userErrorf(nil, "the node of VPS %s (%s) is offline; check `kohakuriver node status %s`", ref, v.Node, v.Node)
+	default:
+		return nil, userErrorf(nil, "VPS %s is %s: %s; see `kohakuriver vps status %s`", ref, v.Status, printable(v.Message), ref)
+	}
+	pinned, err := parseHostKeys(v.HostKeys)
+	if err != nil || len(pinned) == 0 {
+		return nil, userErrorf(err, "VPS %s has no recorded host key yet; try again shortly (`kohakuriver vps status %s`)", ref, ref)
+	}
+	node, err := s.cfg.Directory.Node(ctx, v.Node)
+	if err != nil {
+		return nil, userErrorf(err, "the node of VPS %s (%s) is unknown; ask your administrator", ref, v.Node)
+	}
+	if node.Status != store.NodeOnline {
+		return nil, userErrorf(nil, "the node of VPS %s (%s) is offline; check `kohakuriver node status %s`", ref, v.Node, v.Node)
+	}
+
+	nc, err := s.cfg.Hop.DialVPS(ctx, v, node)
+	if err != nil {
+		switch {
+		case errors.Is(err, ErrVPSNotRunning):
+			return nil, userErrorf(err, "VPS %s is not running on its node; check `kohakuriver vps status %s`", ref, ref)
+		case errors.Is(err, ErrSSHDUnreachable):
+			return nil, userErrorf(err, "the sshd of VPS %s does not answer; check `kohakuriver vps status %s`", ref, ref)
+		case errors.Is(err, ErrNodeUnreachable):
+			return nil, userErrorf(err, "the node of VPS %s (%s) cannot be reached; check `kohakuriver node status %s`", ref, v.Node, v.Node)
+		case ctx.Err() != nil:
+			return nil, userErrorf(err, "timed out reaching VPS %s; check `kohakuriver vps status %s`", ref, ref)
+		default:
+			return nil, userErrorf(err, "cannot reach VPS %s; check `kohakuriver vps status %s`", ref, ref)
+		}
+	}
+
+	signer, err := c.hopCertificate()
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("sign hop certificate: %w", err)
+	}
+	// NewClientConn has no timeout of its own: bound the handshake with a
+	// deadline on the socket, cleared once the connection is up.
+	if dl, ok := ctx.Deadline(); ok {
+		_ = nc.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
+	cc, chans, reqs, err := gossh.NewClientConn(nc, "vps-"+v.TaskID, &gossh.ClientConfig{
+		User:              c.route.login,
+		Auth:              []gossh.AuthMethod{gossh.PublicKeys(signer)},
+		HostKeyCallback:   pinnedHostKey(pinned),
+		HostKeyAlgorithms: hostKeyAlgorithms(pinned),
+		ClientVersion:     "SSH-2.0-kohakuriver-gateway",
+		Config:            gossh.Config{Ciphers: hopCiphers},
+	})
+	stop()
+	if err != nil {
+		nc.Close()
+		if errors.Is(err, ErrHostKeyMismatch) {
+			return nil, userErrorf(err, "the host key of VPS %s does not match the one recorded when it was created; refusing to connect. Ask your administrator", ref)
+		}
+		if ctx.Err() != nil {
+			return nil, userErrorf(err, "timed out logging in to VPS %s", ref)
+		}
+		return nil, userErrorf(err, "the sshd of VPS %s refused the gateway's login as %q; check that the user exists in the VPS", ref, c.route.login)
+	}
+	_ = nc.SetDeadline(time.Time{})
+	return &upstream{client: cc, chans: chans, reqs: reqs}, nil
+}
+
+// hopCertificate makes a fresh key and a short-lived user certificate for it,
+// signed by the gateway's user CA. The VPS trusts the CA through a
+// cert-authority line in the login user's authorized_keys.
+func (c *conn) hopCertificate() (gossh.Signer, error) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	signer, err := gossh.NewSignerFromKey(priv)
+	if err != nil {
+		return nil, err
+	}
+	var serial [8]byte
+	_, _ = rand.Read(serial[:])
+	now := time.Now()
+	cert := &gossh.Certificate{
+		Key:             signer.PublicKey(),
+		Serial:          binary.BigEndian.Uint64(serial[:]),
+		CertType:        gossh.UserCert,
+		KeyId:           fmt.Sprintf("kohakuriver conn=%s vps=%s owner=%s key=%s", c.id, c.route.vps.TaskID, c.route.vps.Owner, c.route.fingerprint),
+		ValidPrincipals: []string{c.route.login},
+		// Slack for clock skew between host and node.
+		ValidAfter:  uint64(now.Add(-2 * time.Minute).Unix()),
+		ValidBefore: uint64(now.Add(c.srv.cfg.CertTTL).Unix()),
+		Permissions: gossh.Permissions{Extensions: map[string]string{
+			"permit-pty":              "",
+			"permit-port-forwarding":  "",
+			"permit-agent-forwarding": "",
+			"permit-X11-forwarding":   "",
+			"permit-user-rc":          "",
+		}},
+	}
+	if err := cert.SignCert(rand.Reader, c.srv.cfg.UserCA); err != nil {
+		return nil, err
+	}
+	return gossh.NewCertSigner(cert, signer)
+}
+
+func parseHostKeys(lines []string) ([]gossh.PublicKey, error) {
+	var keys []gossh.PublicKey
+	for _, l := range lines {
+		k, _, _, _, err := gossh.ParseAuthorizedKey([]byte(l))
+		if err != nil {
+			return nil, fmt.Errorf("pinned host key: %w", err)
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
+}
+
+func pinnedHostKey(pinned []gossh.PublicKey) gossh.HostKeyCallback {
+	return func(_ string, _ net.Addr, key gossh.PublicKey) error {
+		got := key.Marshal()
+		for _, p := range pinned {
+			if bytes.Equal(p.Marshal(), got) {
+				return nil
+			}
+		}
+		return fmt.Errorf("%w: got %s %s", ErrHostKeyMismatch, key.Type(), gossh.FingerprintSHA256(key))
+	}
+}
+
+// hostKeyAlgorithms asks the sshd for exactly the pinned key types, so an
+// sshd with several host keys shows the pinned one (x/crypto would prefer
+// ECDSA or RSA over Ed25519 otherwise and fail the pin).
+func hostKeyAlgorithms(pinned []gossh.PublicKey) []string {
+	var algos []string
+	for _, k := range pinned {
+		switch k.Type() {
+		case gossh.KeyAlgoRSA:
+			algos = append(algos, gossh.KeyAlgoRSASHA512, gossh.KeyAlgoRSASHA256)
+		default:
+			algos = append(algos, k.Type())
+		}
+	}
+	return algos
+}

@@ -1,0 +1,269 @@
+package gateway
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	gliderssh "github.com/gliderlabs/ssh"
+	gossh "golang.org/x/crypto/ssh"
+)
+
+// Global request types the gateway answers itself instead of relaying.
+const (
+	// From the VPS sshd: its host keys (OpenSSH UpdateHostKeys). Clients
+	// must never learn or pin the VPS's keys under the gateway's name.
+	reqHostKeys = "hostkeys-00@openssh.com"
+	// From the client: asks to prove ownership of the announced keys.
+	reqHostKeysProve = "hostkeys-prove-00@openssh.com"
+)
+
+// handleChannel is the only gliderlabs channel handler: it relays every
+// channel type the client opens to the VPS.
+func (s *Server) handleChannel(_ *gliderssh.Server, sconn *gossh.ServerConn, nc gossh.NewChannel, ctx gliderssh.Context) {
+	c := connFrom(ctx)
+	if c == nil || !c.authDone.Load() {
+		_ = nc.Reject(gossh.Prohibited, "not authenticated")
+		return
+	}
+	c.setDownstream(sconn)
+	up, err := c.waitHop()
+	if err != nil {
+		c.refuseChannel(nc, err)
+		return
+	}
+	c.openPair(nc, up.client, "client")
+}
+
+// relayUpstreamChannels relays channels the VPS opens toward the client:
+// forwarded-tcpip, forwarded-streamlocal, x11, auth-agent.
+func (c *conn) relayUpstreamChannels(chans <-chan gossh.NewChannel) {
+	var down gossh.Conn
+	for nc := range chans {
+		if down == nil {
+			if down = c.downstream(); down == nil {
+				_ = nc.Reject(gossh.ConnectionFailed, "client gone")
+				continue
+			}
+		}
+		go c.openPair(nc, down, "vps")
+	}
+}
+
+// openPair opens the twin of nc on the other connection, then accepts nc and
+// bridges the two. The twin is opened first so that a refusal (connect
+// failed inside the VPS, agent forwarding not requested...) reaches the
+// opener with the other side's reason and message.
+func (c *conn) openPair(nc gossh.NewChannel, other gossh.Conn, from string) {
+	if int(c.channels.Add(1)) > c.srv.cfg.MaxChannels {
+		c.channels.Add(-1)
+		c.log.Warn("channel refused: limit reached", "type", nc.ChannelType(), "from", from, "limit", c.srv.cfg.MaxChannels)
+		_ = nc.Reject(gossh.ResourceShortage, fmt.Sprintf("kohakuriver: too many channels on this connection (limit %d)", c.srv.cfg.MaxChannels))
+		return
+	}
+	defer c.channels.Add(-1)
+	c.pipes.Add(1)
+	defer c.pipes.Done()
+
+	twin, twinReqs, err := other.OpenChannel(nc.ChannelType(), nc.ExtraData())
+	if err != nil {
+		if oce, ok := err.(*gossh.OpenChannelError); ok {
+			_ = nc.Reject(oce.Reason, oce.Message)
+		} else {
+			_ = nc.Reject(gossh.ConnectionFailed, "kohakuriver: the other side is gone")
+		}
+		c.log.Debug("channel refused", "type", nc.ChannelType(), "from", from, "err", err)
+		return
+	}
+	ch, reqs, err := nc.Accept()
+	if err != nil {
+		twin.Close()
+		go gossh.DiscardRequests(twinReqs)
+		return
+	}
+	c.log.Debug("channel open", "type", nc.ChannelType(), "from", from)
+	// Requests from the VPS side carry exit-status and exit-signal.
+	if from == "client" {
+		bridge(ch, reqs, twin, twinReqs, c.noteExit)
+	} else {
+		bridge(twin, twinReqs, ch, reqs, c.noteExit)
+	}
+}
+
+// bridge relays one channel pair (down = client side, up = VPS side) until
+// both are closed. Each direction is a half: its data and extended data are
+// copied concurrently (they share one window), its requests are forwarded in
+// order, and the far side is closed only after the near side's CLOSE has
+// arrived (its request channel closed) and both copies reached EOF. That
+// order keeps output that sshd sends after exit-status, and makes
+// `cmd | ssh host sha256sum` exact.
+func bridge(down gossh.Channel, downReqs <-chan *gossh.Request, up gossh.Channel, upReqs <-chan *gossh.Request, onUpReq func(*gossh.Request)) {
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); half(down, downReqs, up, nil) }()
+	go func() { defer wg.Done(); half(up, upReqs, down, onUpReq) }()
+	wg.Wait()
+}
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func copyData(dst io.Writer, src io.Reader) {
+	bp := copyBufs.Get().(*[]byte)
+	_, _ = io.CopyBuffer(dst, src, *bp)
+	copyBufs.Put(bp)
+}
+
+func half(src gossh.Channel, srcReqs <-chan *gossh.Request, dst gossh.Channel, observe func(*gossh.Request)) {
+	dataDone := make(chan struct{})
+	go func() {
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { defer wg.Done(); copyData(dst.Stderr(), src.Stderr()) }()
+		copyData(dst, src)
+		wg.Wait()
+		// Both streams hit EOF: pass the EOF on (stdin EOF is CloseWrite).
+		_ = dst.CloseWrite()
+		close(dataDone)
+	}()
+	for req := range srcReqs {
+		if observe != nil {
+			observe(req)
+		}
+		ok, err := dst.SendRequest(req.Type, req.WantReply, req.Payload)
+		if err != nil {
+			ok = false
+		}
+		if req.WantReply {
+			_ = req.Reply(ok, nil)
+		}
+	}
+	<-dataDone
+	_ = dst.Close()
+}
+
+// noteExit records exit-status and exit-signal for the connection log.
+func (c *conn) noteExit(req *gossh.Request) {
+	switch req.Type {
+	case "exit-status":
+		if len(req.Payload) >= 4 {
+			c.recordExit(fmt.Sprintf("status %d", binary.BigEndian.Uint32(req.Payload)))
+		}
+	case "exit-signal":
+		var sig struct {
+			Signal     string
+			CoreDumped bool
+			Msg        string
+			Lang       string
+		}
+		if gossh.Unmarshal(req.Payload, &sig) == nil {
+			c.recordExit("signal " + sig.Signal)
+		}
+	}
+}
+
+// refuseChannel tells the client why the VPS cannot be reached. A session
+// gets the message on stderr and exit status 255 (the status ssh itself uses
+// for connection failures), so shells, scp and sftp all print it; other
+// channel types are rejected with it.
+func (c *conn) refuseChannel(nc gossh.NewChannel, err error) {
+	msg := userMessage(err, c.id)
+	if nc.ChannelType() != "session" {
+		_ = nc.Reject(gossh.ConnectionFailed, msg)
+		return
+	}
+	ch, reqs, aerr := nc.Accept()
+	if aerr != nil {
+		return
+	}
+	defer ch.Close()
+	t := time.NewTimer(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case req, ok := <-reqs:
+			if !ok {
+				return
+			}
+			switch req.Type {
+			case "shell", "exec", "subsystem":
+				_ = req.Reply(true, nil)
+				_, _ = io.WriteString(ch.Stderr(), msg+"\r\n")
+				_, _ = ch.SendRequest("exit-status", false, binary.BigEndian.AppendUint32(nil, 255))
+				return
+			default:
+				// pty-req, env...: accept so the client gets to its
+				// shell/exec request and shows the message.
+				_ = req.Reply(req.Type == "pty-req" || req.Type == "env", nil)
+			}
+		case <-t.C:
+			return
+		case <-c.ctx.Done():
+			return
+		}
+	}
+}
+
+// handleGlobalRequest relays the client's global requests (tcpip-forward,
+// streamlocal-forward, keepalive, no-more-sessions, ...) to the VPS in order
+// and returns the VPS's reply, including its payload (the port allocated
+// for -R 0:...).
+func (s *Server) handleGlobalRequest(ctx gliderssh.Context, _ *gliderssh.Server, req *gossh.Request) (bool, []byte) {
+	c := connFrom(ctx)
+	if c == nil || !c.authDone.Load() {
+		return false, nil
+	}
+	if sc, ok := ctx.Value(gliderssh.ContextKeyConn).(*gossh.ServerConn); ok {
+		c.setDownstream(sc)
+	}
+	switch req.Type {
+	case reqHostKeysProve:
+		return false, nil
+	case "tcpip-forward", "streamlocal-forward@openssh.com":
+		if int(c.forwards.Add(1)) > s.cfg.MaxForwards {
+			c.forwards.Add(-1)
+			c.log.Warn("forward refused: limit reached", "limit", s.cfg.MaxForwards)
+			return false, nil
+		}
+	case "cancel-tcpip-forward", "cancel-streamlocal-forward@openssh.com":
+		defer c.forwards.Add(-1)
+	}
+	up, err := c.waitHop()
+	if err != nil {
+		return false, nil
+	}
+	ok, payload, err := up.client.SendRequest(req.Type, req.WantReply, req.Payload)
+	if err != nil {
+		return false, nil
+	}
+	return ok, payload
+}
+
+// relayUpstreamRequests relays the VPS's global requests to the client,
+// except hostkeys-00@openssh.com.
+func (c *conn) relayUpstreamRequests(reqs <-chan *gossh.Request) {
+	var down gossh.Conn
+	for req := range reqs {
+		if req.Type == reqHostKeys {
+			if req.WantReply {
+				_ = req.Reply(false, nil)
+			}
+			continue
+		}
+		if down == nil {
+			down = c.downstream()
+		}
+		ok, payload := false, []byte(nil)
+		if down != nil {
+			var err error
+			ok, payload, err = down.SendRequest(req.Type, req.WantReply, req.Payload)
+			if err != nil {
+				ok = false
+			}
+		}
+		if req.WantReply {
+			_ = req.Reply(ok, payload)
+		}
+	}
+}
