@@ -1,0 +1,170 @@
+package docker
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/pem"
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+
+	cerrdefs "github.com/containerd/errdefs"
+	gossh "golang.org/x/crypto/ssh"
+)
+
+// Where host keys go in a VPS. The drop-in's HostKey lines make sshd load
+// exactly the installed keys, so an image with host keys baked in (every
+// container of it would share them) still presents this VPS's own. Debian's
+// sshd_config includes sshd_config.d/*.conf; in images whose sshd_config
+// does not, sshd falls back to the default ssh_host_<type>_key paths, which
+// are the ones written here too.
+const (
+	hostKeyDir     = "/etc/ssh"
+	hostKeyDropIn  = "sshd_config.d/00-kohakuriver-hostkeys.conf"
+	hostKeyMaxSize = 64 << 10
+)
+
+// hostKeyTypes are the ssh_host_<type>_key names sshd knows, in the order
+// Info.HostKeys lists them.
+var hostKeyTypes = []string{"ed25519", "ecdsa", "rsa"}
+
+// hostKey is one host key ready to install.
+type hostKey struct {
+	typ  string // "ed25519", "ecdsa" or "rsa": the file name part
+	priv []byte // OpenSSH-format PEM
+	pub  string // authorized_keys format, no comment
+}
+
+// prepareHostKeys parses the given PEM private keys, or generates one
+// ed25519 key when there are none, and re-encodes each in OpenSSH format
+// (which every sshd reads, unlike PKCS#8 ed25519) with comment.
+func prepareHostKeys(pems [][]byte, comment string) ([]hostKey, error) {
+	var raws []any
+	for i, p := range pems {
+		k, err := gossh.ParseRawPrivateKey(p)
+		if err != nil {
+			return nil, fmt.Errorf("host key %d: %w", i+1, err)
+		}
+		raws = append(raws, k)
+	}
+	if len(raws) == 0 {
+		_, k, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return nil, fmt.Errorf("generate host key: %w", err)
+		}
+		raws = append(raws, k)
+	}
+	var keys []hostKey
+	for i, k := range raws {
+		var typ string
+		switch k.(type) {
+		case ed25519.PrivateKey, *ed25519.PrivateKey:
+			typ = "ed25519"
+		case *ecdsa.PrivateKey:
+			typ = "ecdsa"
+		case *rsa.PrivateKey:
+			typ = "rsa"
+		default:
+			return nil, fmt.Errorf("host key %d: unsupported type %T", i+1, k)
+		}
+		if slices.ContainsFunc(keys, func(h hostKey) bool { return h.typ == typ }) {
+			return nil, fmt.Errorf("host key %d: a second %s key (sshd loads one per type)", i+1, typ)
+		}
+		block, err := gossh.MarshalPrivateKey(k, comment)
+		if err != nil {
+			return nil, fmt.Errorf("host key %d: %w", i+1, err)
+		}
+		signer, err := gossh.NewSignerFromKey(k)
+		if err != nil {
+			return nil, fmt.Errorf("host key %d: %w", i+1, err)
+		}
+		keys = append(keys, hostKey{typ: typ, priv: pem.EncodeToMemory(block), pub: authorizedKey(signer.PublicKey())})
+	}
+	slices.SortFunc(keys, func(a, b hostKey) int {
+		return slices.Index(hostKeyTypes, a.typ) - slices.Index(hostKeyTypes, b.typ)
+	})
+	return keys, nil
+}
+
+// authorizedKey formats k as "TYPE BASE64".
+func authorizedKey(k gossh.PublicKey) string {
+	return strings.TrimSpace(string(gossh.MarshalAuthorizedKey(k)))
+}
+
+// installHostKeys writes keys into container id: each private key 0600 and
+// its .pub 0644, root-owned (sshd refuses a private key others can read),
+// and the drop-in naming them.
+func (rt *Runtime) installHostKeys(ctx context.Context, id string, keys []hostKey) error {
+	var conf strings.Builder
+	conf.WriteString("# Written by kohakuriver: this VPS's own host keys.\n")
+	var entries []tarEntry
+	for _, k := range keys {
+		name := "ssh_host_" + k.typ + "_key"
+		fmt.Fprintf(&conf, "HostKey %s\n", path.Join(hostKeyDir, name))
+		entries = append(entries,
+			tarEntry{name: name, mode: 0o600, body: k.priv},
+			tarEntry{name: name + ".pub", mode: 0o644, body: []byte(k.pub + "\n")},
+		)
+	}
+	entries = append(entries, tarEntry{name: hostKeyDropIn, mode: 0o644, body: []byte(conf.String())})
+	if err := rt.copyTo(ctx, id, hostKeyDir, entries); err != nil {
+		return fmt.Errorf("install host keys: %w", err)
+	}
+	return nil
+}
+
+// readHostKeys returns the public halves of the host keys sshd loads in
+// container id, derived from the private keys (a .pub file could be
+// stale): the drop-in's HostKey paths, or the default paths without it.
+// Missing keys are skipped.
+func (rt *Runtime) readHostKeys(ctx context.Context, id string) ([]string, error) {
+	var paths []string
+	conf, err := rt.readFile(ctx, id, path.Join(hostKeyDir, hostKeyDropIn), hostKeyMaxSize)
+	switch {
+	case err == nil:
+		paths = hostKeyPaths(conf)
+	case !cerrdefs.IsNotFound(err):
+		return nil, err
+	}
+	if len(paths) == 0 {
+		for _, t := range hostKeyTypes {
+			paths = append(paths, path.Join(hostKeyDir, "ssh_host_"+t+"_key"))
+		}
+	}
+	var keys []string
+	for _, p := range paths {
+		data, err := rt.readFile(ctx, id, p, hostKeyMaxSize)
+		if cerrdefs.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return keys, err
+		}
+		signer, err := gossh.ParsePrivateKey(data)
+		if err != nil {
+			return keys, fmt.Errorf("host key %s: %w", p, err)
+		}
+		keys = append(keys, authorizedKey(signer.PublicKey()))
+	}
+	return keys, nil
+}
+
+// hostKeyPaths returns the absolute paths of the HostKey lines in an sshd
+// config snippet.
+func hostKeyPaths(conf []byte) []string {
+	var paths []string
+	sc := bufio.NewScanner(bytes.NewReader(conf))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 2 && strings.EqualFold(f[0], "HostKey") && path.IsAbs(f[1]) {
+			paths = append(paths, path.Clean(f[1]))
+		}
+	}
+	return paths
+}
