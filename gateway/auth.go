@@ -133,6 +133,11 @@ func (s *Server) admit(kind routeKind, v store.VPS, login, fp string) (route, er
 	if login == "" {
 		login = store.DefaultLoginUser
 	}
+	if v.KeyMode == store.KeyModeNone {
+		// No banner: the client goes on to keyboard-interactive, which
+		// relays the VPS's own authentication (interactive.go).
+		return route{}, errors.New("vps was made without keys")
+	}
 	if !v.HasKey(fp) {
 		// Same words as for a VPS that does not exist: a refusal must not
 		// tell strangers which VPSs exist.

@@ -52,12 +52,13 @@ type conn struct {
 	// Set in serverConfig, then read-only.
 	preAuth gossh.ServerPreAuthConn
 
-	// mu guards bannerSent; route is written once in onVerified before
+	// mu guards bannerSent and interactiveTries; route is written once in onVerified before
 	// authDone is published, and read-only after.
-	mu         sync.Mutex
-	bannerSent bool
-	route      route
-	authDone   atomic.Bool
+	mu               sync.Mutex
+	bannerSent       bool
+	interactiveTries int
+	route            route
+	authDone         atomic.Bool
 
 	// Set by startHop before hopDone is closed; read-only after.
 	hopDone chan struct{}

@@ -257,4 +257,3 @@ func dialGo(t testing.TB, g *testGateway, key userKey, user string) *gossh.Clien
 	t.Cleanup(func() { client.Close() })
 	return client
 }
-

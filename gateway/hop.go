@@ -26,7 +26,12 @@ type upstream struct {
 // startHop dials the VPS and then relays until either side ends. It runs
 // once per authenticated connection and always closes hopDone.
 func (c *conn) startHop() {
-	up, err := c.dialHop()
+	c.finishHop(c.dialHop())
+}
+
+// finishHop publishes the hop's outcome and, on success, starts relaying
+// what the VPS initiates.
+func (c *conn) finishHop(up *upstream, err error) {
 	c.up, c.hopErr = up, err
 	close(c.hopDone)
 	if err != nil {
@@ -65,65 +70,78 @@ func (c *conn) waitPipes(max time.Duration) {
 	}
 }
 
-// dialHop checks that the VPS can be reached and opens the authenticated,
-// host-key-pinned SSH connection to its sshd.
+// dialHop checks that the VPS can be reached and opens the SSH connection
+// to its sshd, authenticated with a hop certificate.
 func (c *conn) dialHop() (*upstream, error) {
-	s := c.srv
-	v := c.route.vps
-	ref := v.Ref()
-	ctx, cancel := context.WithTimeout(c.ctx, s.cfg.HopTimeout)
+	ctx, cancel := context.WithTimeout(c.ctx, c.srv.cfg.HopTimeout)
 	defer cancel()
-
-	// Re-read: status may have changed since auth.
-	if fresh, err := s.cfg.Directory.VPS(ctx, v.TaskID); err == nil {
-		v = fresh
-	} else if errors.Is(err, store.ErrNotFound) {
-		return nil, userErrorf(err, "VPS %s was deleted", ref)
-	}
-	switch v.Status {
-	case store.StatusRunning:
-	case store.StatusStopped:
-		return nil, userErrorf(nil, "VPS %s is stopped; start it with `kohakuriver vps restart %s`", ref, ref)
-	case store.StatusPending:
-		return nil, userErrorf(nil, "VPS %s is still starting; try again in a few seconds (`kohakuriver vps status %s`)", ref, ref)
-	case store.StatusLost:
-		return nil, userErrorf(nil, "the node of VPS %s (%s) is offline; check `kohakuriver node status %s`", ref, v.Node, v.Node)
-	default:
-		return nil, userErrorf(nil, "VPS %s is %s: %s; see `kohakuriver vps status %s`", ref, v.Status, printable(v.Message), ref)
-	}
-	pinned, err := parseHostKeys(v.HostKeys)
-	if err != nil || len(pinned) == 0 {
-		return nil, userErrorf(err, "VPS %s has no recorded host key yet; try again shortly (`kohakuriver vps status %s`)", ref, ref)
-	}
-	node, err := s.cfg.Directory.Node(ctx, v.Node)
+	v, pinned, nc, err := c.srv.dialVPS(ctx, c.route.vps)
 	if err != nil {
-		return nil, userErrorf(err, "the node of VPS %s (%s) is unknown; ask your administrator", ref, v.Node)
+		return nil, err
 	}
-	if node.Status != store.NodeOnline {
-		return nil, userErrorf(nil, "the node of VPS %s (%s) is offline; check `kohakuriver node status %s`", ref, v.Node, v.Node)
-	}
-
-	nc, err := s.cfg.Hop.DialVPS(ctx, v, node)
-	if err != nil {
-		switch {
-		case errors.Is(err, ErrVPSNotRunning):
-			return nil, userErrorf(err, "VPS %s is not running on its node; check `kohakuriver vps status %s`", ref, ref)
-		case errors.Is(err, ErrSSHDUnreachable):
-			return nil, userErrorf(err, "the sshd of VPS %s does not answer; check `kohakuriver vps status %s`", ref, ref)
-		case errors.Is(err, ErrNodeUnreachable):
-			return nil, userErrorf(err, "the node of VPS %s (%s) cannot be reached; check `kohakuriver node status %s`", ref, v.Node, v.Node)
-		case ctx.Err() != nil:
-			return nil, userErrorf(err, "timed out reaching VPS %s; check `kohakuriver vps status %s`", ref, ref)
-		default:
-			return nil, userErrorf(err, "cannot reach VPS %s; check `kohakuriver vps status %s`", ref, ref)
-		}
-	}
-
 	signer, err := c.hopCertificate()
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("sign hop certificate: %w", err)
 	}
+	return c.srv.handshake(ctx, nc, v, pinned, c.route.login, gossh.PublicKeys(signer))
+}
+
+// dialVPS re-reads the VPS, checks that it can be reached and opens the
+// byte stream to its sshd. Errors are userErrors.
+func (s *Server) dialVPS(ctx context.Context, v store.VPS) (store.VPS, []gossh.PublicKey, net.Conn, error) {
+	ref := v.Ref()
+	// Re-read: status may have changed since auth.
+	if fresh, err := s.cfg.Directory.VPS(ctx, v.TaskID); err == nil {
+		v = fresh
+	} else if errors.Is(err, store.ErrNotFound) {
+		return v, nil, nil, userErrorf(err, "VPS %s was deleted", ref)
+	}
+	switch v.Status {
+	case store.StatusRunning:
+	case store.StatusStopped:
+		return v, nil, nil, userErrorf(nil, "VPS %s is stopped; start it with `kohakuriver vps restart %s`", ref, ref)
+	case store.StatusPending:
+		return v, nil, nil, userErrorf(nil, "VPS %s is still starting; try again in a few seconds (`kohakuriver vps status %s`)", ref, ref)
+	case store.StatusLost:
+		return v, nil, nil, userErrorf(nil, "the node of VPS %s (%s) is offline; check `kohakuriver node status %s`", ref, v.Node, v.Node)
+	default:
+		return v, nil, nil, userErrorf(nil, "VPS %s is %s: %s; see `kohakuriver vps status %s`", ref, v.Status, printable(v.Message), ref)
+	}
+	pinned, err := parseHostKeys(v.HostKeys)
+	if err != nil || len(pinned) == 0 {
+		return v, nil, nil, userErrorf(err, "VPS %s has no recorded host key yet; try again shortly (`kohakuriver vps status %s`)", ref, ref)
+	}
+	node, err := s.cfg.Directory.Node(ctx, v.Node)
+	if err != nil {
+		return v, nil, nil, userErrorf(err, "the node of VPS %s (%s) is unknown; ask your administrator", ref, v.Node)
+	}
+	if node.Status != store.NodeOnline {
+		return v, nil, nil, userErrorf(nil, "the node of VPS %s (%s) is offline; check `kohakuriver node status %s`", ref, v.Node, v.Node)
+	}
+	nc, err := s.cfg.Hop.DialVPS(ctx, v, node)
+	if err != nil {
+		switch {
+		case errors.Is(err, ErrVPSNotRunning):
+			err = userErrorf(err, "VPS %s is not running on its node; check `kohakuriver vps status %s`", ref, ref)
+		case errors.Is(err, ErrSSHDUnreachable):
+			err = userErrorf(err, "the sshd of VPS %s does not answer; check `kohakuriver vps status %s`", ref, ref)
+		case errors.Is(err, ErrNodeUnreachable):
+			err = userErrorf(err, "the node of VPS %s (%s) cannot be reached; check `kohakuriver node status %s`", ref, v.Node, v.Node)
+		case ctx.Err() != nil:
+			err = userErrorf(err, "timed out reaching VPS %s; check `kohakuriver vps status %s`", ref, ref)
+		default:
+			err = userErrorf(err, "cannot reach VPS %s; check `kohakuriver vps status %s`", ref, ref)
+		}
+		return v, nil, nil, err
+	}
+	return v, pinned, nc, nil
+}
+
+// handshake runs the SSH client handshake on nc: the sshd must show a
+// pinned host key, and the gateway logs in as login with auth.
+func (s *Server) handshake(ctx context.Context, nc net.Conn, v store.VPS, pinned []gossh.PublicKey, login string, auth ...gossh.AuthMethod) (*upstream, error) {
+	ref := v.Ref()
 	// NewClientConn has no timeout of its own: bound the handshake with a
 	// deadline on the socket, cleared once the connection is up.
 	if dl, ok := ctx.Deadline(); ok {
@@ -131,8 +149,8 @@ func (c *conn) dialHop() (*upstream, error) {
 	}
 	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
 	cc, chans, reqs, err := gossh.NewClientConn(nc, "vps-"+v.TaskID, &gossh.ClientConfig{
-		User:              c.route.login,
-		Auth:              []gossh.AuthMethod{gossh.PublicKeys(signer)},
+		User:              login,
+		Auth:              auth,
 		HostKeyCallback:   pinnedHostKey(pinned),
 		HostKeyAlgorithms: hostKeyAlgorithms(pinned),
 		ClientVersion:     "SSH-2.0-kohakuriver-gateway",
@@ -141,13 +159,14 @@ func (c *conn) dialHop() (*upstream, error) {
 	stop()
 	if err != nil {
 		nc.Close()
-		if errors.Is(err, ErrHostKeyMismatch) {
+		switch {
+		case errors.Is(err, ErrHostKeyMismatch):
 			return nil, userErrorf(err, "the host key of VPS %s does not match the one recorded when it was created; refusing to connect. Ask your administrator", ref)
-		}
-		if ctx.Err() != nil {
+		case ctx.Err() != nil:
 			return nil, userErrorf(err, "timed out logging in to VPS %s", ref)
+		default:
+			return nil, userErrorf(err, "the sshd of VPS %s refused the login as %q; check that the user exists in the VPS", ref, login)
 		}
-		return nil, userErrorf(err, "the sshd of VPS %s refused the gateway's login as %q; check that the user exists in the VPS", ref, c.route.login)
 	}
 	_ = nc.SetDeadline(time.Time{})
 	return &upstream{client: cc, chans: chans, reqs: reqs}, nil

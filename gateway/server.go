@@ -178,6 +178,8 @@ func New(cfg Config) (*Server, error) {
 		ConnCallback:         s.onConnect,
 		ServerConfigCallback: s.serverConfig,
 		PublicKeyHandler:     s.mayAuthenticate,
+		// Only for VPSs made without a key; see interactive.go.
+		KeyboardInteractiveHandler: s.keyboardInteractive,
 		// Only the generic relay: no gliderlabs session, forwarding or
 		// agent handling, which would act on the gateway host.
 		ChannelHandlers:          map[string]gliderssh.ChannelHandler{"default": s.handleChannel},

@@ -1,0 +1,278 @@
+// Package host wires the host process (`kohakuriver host`): the embedded
+// store, the gateway's identity, the SSH gateway, the HTTP API and the node
+// monitor. End-to-end tests start it on :0 ports.
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/kohakuriver/kohakuriver/agent/control"
+	"github.com/kohakuriver/kohakuriver/agent/relay"
+	"github.com/kohakuriver/kohakuriver/gateway"
+	"github.com/kohakuriver/kohakuriver/gateway/api"
+	"github.com/kohakuriver/kohakuriver/store"
+	"github.com/kohakuriver/kohakuriver/store/embedded"
+)
+
+// Config configures a Host. Zero values take the defaults.
+type Config struct {
+	// DataDir holds the store and the token files (default ./.kohakuriver).
+	DataDir string
+	// APIAddr is the HTTP API listener (default ":8000").
+	APIAddr string
+	// SSHAddr is the gateway's main listener (default ":8002").
+	SSHAddr string
+	// PortHost is the bind address of per-VPS ports ("" = all).
+	PortHost string
+	// PortMin and PortMax bound the per-VPS SSH ports (9000-9999).
+	PortMin, PortMax int
+	// PublicHost is how users reach this host (shown in hints and the
+	// generated ssh config). Default "localhost".
+	PublicHost string
+	// DefaultImage for new VPSs (default kohakuriver/vps:latest).
+	DefaultImage     string
+	HeartbeatTimeout time.Duration
+	Logger           *slog.Logger
+	// Gateway lets tests adjust the gateway's config.
+	Gateway func(*gateway.Config)
+}
+
+// File names in DataDir.
+const (
+	StoreFile        = "state.db"
+	AdminTokenFile   = "admin.token"
+	ClusterTokenFile = "cluster.token"
+)
+
+// Host is the running control plane and gateway.
+type Host struct {
+	cfg   Config
+	log   *slog.Logger
+	store *embedded.DB
+	gw    *gateway.Server
+	api   *api.Server
+	http  *http.Server
+
+	mu     sync.Mutex
+	apiLn  net.Listener
+	cancel context.CancelFunc
+	bg     sync.WaitGroup
+	// ClusterToken is the secret agents need; also in DataDir/cluster.token.
+	ClusterToken string
+	// HostKeys are the gateway's public host keys.
+	HostKeys []gossh.PublicKey
+}
+
+// New opens the store and builds the gateway and API; nothing listens yet.
+func New(cfg Config) (*Host, error) {
+	if cfg.DataDir == "" {
+		cfg.DataDir = ".kohakuriver"
+	}
+	if cfg.APIAddr == "" {
+		cfg.APIAddr = ":8000"
+	}
+	if cfg.SSHAddr == "" {
+		cfg.SSHAddr = ":8002"
+	}
+	if cfg.PublicHost == "" {
+		cfg.PublicHost = "localhost"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("host: data dir: %w", err)
+	}
+	db, err := embedded.Open(filepath.Join(cfg.DataDir, StoreFile), &embedded.Options{
+		PortMin: cfg.PortMin, PortMax: cfg.PortMax, Logger: cfg.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("host: %w", err)
+	}
+	h := &Host{cfg: cfg, log: cfg.Logger, store: db}
+	if err := h.build(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return h, nil
+}
+
+func (h *Host) build() error {
+	ctx := context.Background()
+	id, err := h.store.Identity(ctx, func() (store.Identity, error) {
+		id, err := gateway.GenerateIdentity()
+		if err != nil {
+			return id, err
+		}
+		id.ClusterToken = api.NewToken()
+		return id, nil
+	})
+	if err != nil {
+		return fmt.Errorf("host: identity: %w", err)
+	}
+	hostSigners, userCA, err := gateway.Signers(id)
+	if err != nil {
+		return fmt.Errorf("host: identity: %w", err)
+	}
+	h.ClusterToken = id.ClusterToken
+	if err := writeSecret(filepath.Join(h.cfg.DataDir, ClusterTokenFile), id.ClusterToken); err != nil {
+		return err
+	}
+	created, err := api.EnsureAdmin(ctx, h.store, filepath.Join(h.cfg.DataDir, AdminTokenFile))
+	if err != nil {
+		return fmt.Errorf("host: admin user: %w", err)
+	}
+	if created {
+		h.log.Info("admin token created", "path", filepath.Join(h.cfg.DataDir, AdminTokenFile))
+	}
+
+	var hostKeyLines []string
+	for _, s := range hostSigners {
+		h.HostKeys = append(h.HostKeys, s.PublicKey())
+		hostKeyLines = append(hostKeyLines, strings.TrimSpace(string(gossh.MarshalAuthorizedKey(s.PublicKey()))))
+	}
+	gcfg := gateway.Config{
+		Addr:        h.cfg.SSHAddr,
+		PortHost:    h.cfg.PortHost,
+		HostSigners: hostSigners,
+		UserCA:      userCA,
+		Directory:   h.store,
+		Hop:         &relayHop{dialer: &relay.Dialer{Token: id.ClusterToken}},
+		Logger:      h.log.With("component", "gateway"),
+		PublicHost:  h.cfg.PublicHost,
+	}
+	if h.cfg.Gateway != nil {
+		h.cfg.Gateway(&gcfg)
+	}
+	if h.gw, err = gateway.New(gcfg); err != nil {
+		return err
+	}
+	sshPort := 8002
+	if _, p, err := net.SplitHostPort(h.cfg.SSHAddr); err == nil {
+		fmt.Sscan(p, &sshPort)
+	}
+	h.api, err = api.NewServer(api.Config{
+		Store:             h.store,
+		Agents:            control.NewClient(id.ClusterToken),
+		ClusterToken:      id.ClusterToken,
+		CertAuthorityLine: gateway.CertAuthorityLine(userCA.PublicKey()),
+		GatewayHostKeys:   hostKeyLines,
+		GatewaySSHPort:    sshPort,
+		PublicHost:        h.cfg.PublicHost,
+		DefaultImage:      h.cfg.DefaultImage,
+		Logger:            h.log.With("component", "api"),
+		HeartbeatTimeout:  h.cfg.HeartbeatTimeout,
+	})
+	if err != nil {
+		return err
+	}
+	return nil
+}
+
+// writeSecret writes a token file readable only by its owner.
+func writeSecret(path, secret string) error {
+	if err := os.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {
+		return fmt.Errorf("host: write %s: %w", path, err)
+	}
+	return os.Chmod(path, 0o600)
+}
+
+// Start binds the API and the gateway and starts the node monitor.
+func (h *Host) Start() error {
+	ln, err := net.Listen("tcp", h.cfg.APIAddr)
+	if err != nil {
+		return fmt.Errorf("host: listen on %s: %w", h.cfg.APIAddr, err)
+	}
+	if err := h.gw.Listen(); err != nil {
+		ln.Close()
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h.mu.Lock()
+	h.apiLn, h.cancel = ln, cancel
+	h.mu.Unlock()
+	h.http = api.NewHTTPServer(h.cfg.APIAddr, h.api)
+	h.bg.Add(2)
+	go func() {
+		defer h.bg.Done()
+		if err := h.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			h.log.Error("api server stopped", "err", err)
+		}
+	}()
+	go func() { defer h.bg.Done(); h.api.RunNodeMonitor(ctx) }()
+	h.log.Info("host api listening", "addr", ln.Addr().String())
+	return nil
+}
+
+// APIAddr and SSHAddr report the bound addresses (after Start).
+func (h *Host) APIAddr() net.Addr { h.mu.Lock(); defer h.mu.Unlock(); return h.apiLn.Addr() }
+
+// SSHAddr is the gateway's main listener address.
+func (h *Host) SSHAddr() net.Addr { return h.gw.Addr() }
+
+// Gateway exposes the SSH gateway (for tests and metrics).
+func (h *Host) Gateway() *gateway.Server { return h.gw }
+
+// Store exposes the store (for tests).
+func (h *Host) Store() store.Store { return h.store }
+
+// Close stops everything: sessions are cut.
+func (h *Host) Close() error {
+	return h.Shutdown(context.Background(), 0)
+}
+
+// Shutdown stops accepting, lets SSH sessions finish for up to drain, then
+// closes what is left and the store.
+func (h *Host) Shutdown(ctx context.Context, drain time.Duration) error {
+	h.mu.Lock()
+	cancel := h.cancel
+	h.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	if h.http != nil {
+		sctx, c := context.WithTimeout(ctx, 5*time.Second)
+		_ = h.http.Shutdown(sctx)
+		c()
+	}
+	if drain > 0 {
+		dctx, c := context.WithTimeout(ctx, drain)
+		_ = h.gw.Shutdown(dctx)
+		c()
+	}
+	err := h.gw.Close()
+	h.bg.Wait()
+	if cerr := h.store.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// relayHop dials VPS sshds through their node agents' relays.
+type relayHop struct{ dialer *relay.Dialer }
+
+func (r *relayHop) DialVPS(ctx context.Context, v store.VPS, node store.Node) (net.Conn, error) {
+	c, err := r.dialer.Dial(ctx, node.Address, v.TaskID)
+	switch {
+	case err == nil:
+		return c, nil
+	case errors.Is(err, relay.ErrUnknownVPS), errors.Is(err, relay.ErrNotRunning):
+		return nil, fmt.Errorf("%w: %w", gateway.ErrVPSNotRunning, err)
+	case errors.Is(err, relay.ErrUnreachable):
+		return nil, fmt.Errorf("%w: %w", gateway.ErrSSHDUnreachable, err)
+	default:
+		return nil, fmt.Errorf("%w: %w", gateway.ErrNodeUnreachable, err)
+	}
+}
