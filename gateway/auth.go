@@ -82,6 +82,7 @@ func (c *conn) onVerified(user string, key gossh.PublicKey, perms *gossh.Permiss
 // as an auth banner (before auth there is no other channel to speak on).
 func (c *conn) refuse(err error) {
 	c.log.Info("key refused", "remote_addr", c.remote.String(), "err", err)
+	c.srv.metrics.authFailed("key")
 	var ue *userError
 	if !errors.As(err, &ue) || c.preAuth == nil {
 		return

@@ -71,6 +71,7 @@ type conn struct {
 	pipes    sync.WaitGroup
 	exitMu   sync.Mutex
 	exits    []string // exit statuses/signals seen, for the log
+	opened   []string // forwards opened, for the audit record
 
 	// downReady is closed once down is set: the downstream connection is
 	// usable for opening channels and sending requests toward the client.
@@ -103,6 +104,11 @@ func (s *Server) onConnect(ctx gliderssh.Context, nc net.Conn) net.Conn {
 		info = tc.info
 		nc = tc.Conn
 	}
+	if s.throttle.banned(nc.RemoteAddr()) {
+		s.metrics.authFailed("banned")
+		s.log.Debug("connection refused: source banned after failed logins", "remote_addr", nc.RemoteAddr().String())
+		return nil
+	}
 	select {
 	case s.connSlots <- struct{}{}:
 	default:
@@ -130,12 +136,18 @@ func (s *Server) onConnect(ctx gliderssh.Context, nc net.Conn) net.Conn {
 		return nil
 	}
 	ctx.SetValue(connCtxKey, c)
+	if info.vpsPort != 0 {
+		s.metrics.connOpened("vps_port")
+	} else {
+		s.metrics.connOpened("main")
+	}
 	// gliderlabs v0.3.8 has no handshake timeout and resets deadlines on
 	// every read, so a deadline would not survive: a timer that closes the
 	// socket unless auth finished does.
 	c.grace = time.AfterFunc(s.cfg.LoginGraceTime, func() {
 		if !c.authDone.Load() {
 			c.log.Info("login grace time exceeded", "remote_addr", c.remote.String())
+			s.metrics.authFailed("timeout")
 			nc.Close()
 		}
 	})
@@ -173,6 +185,14 @@ func (c *conn) close(cause error) {
 		if c.slot {
 			<-c.srv.connSlots
 		}
+		c.srv.metrics.connClosed(c.counted.in.Load(), c.counted.out.Load())
+		if !c.authDone.Load() {
+			c.srv.metrics.authFailed("unauthenticated")
+			if c.srv.throttle.fail(c.remote) {
+				c.log.Warn("source banned after repeated failed logins", "remote_addr", c.remote.String(),
+					"ban", c.srv.throttle.cfg.Ban.String())
+			}
+		}
 		c.logSummary(cause)
 	})
 }
@@ -197,6 +217,7 @@ func (c *conn) logSummary(cause error) {
 	r := c.route
 	c.exitMu.Lock()
 	exits := append([]string(nil), c.exits...)
+	opened := append([]string(nil), c.opened...)
 	c.exitMu.Unlock()
 	attrs := []any{
 		"remote_addr", c.remote.String(),
@@ -211,6 +232,7 @@ func (c *conn) logSummary(cause error) {
 		"bytes_in", c.counted.in.Load(),
 		"bytes_out", c.counted.out.Load(),
 		"exit", exits,
+		"forwards", opened,
 	}
 	if c.hopErr != nil {
 		attrs = append(attrs, "hop_err", c.hopErr.Error())
@@ -219,6 +241,18 @@ func (c *conn) logSummary(cause error) {
 		attrs = append(attrs, "end", cause.Error())
 	}
 	c.log.Info("session ended", attrs...)
+	if c.srv.cfg.Audit != nil {
+		c.srv.cfg.Audit.Info("ssh session", append(attrs, "conn_id", c.id)...)
+	}
+}
+
+// recordForward notes a forward for the audit record (bounded).
+func (c *conn) recordForward(s string) {
+	c.exitMu.Lock()
+	defer c.exitMu.Unlock()
+	if len(c.opened) < 64 {
+		c.opened = append(c.opened, s)
+	}
 }
 
 func (c *conn) recordExit(s string) {

@@ -26,7 +26,10 @@ type upstream struct {
 // startHop dials the VPS and then relays until either side ends. It runs
 // once per authenticated connection and always closes hopDone.
 func (c *conn) startHop() {
-	c.finishHop(c.dialHop())
+	start := time.Now()
+	up, err := c.dialHop()
+	c.srv.metrics.hop(start, err)
+	c.finishHop(up, err)
 }
 
 // finishHop publishes the hop's outcome and, on success, starts relaying

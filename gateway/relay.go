@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -64,6 +66,8 @@ func (c *conn) openPair(nc gossh.NewChannel, other gossh.Conn, from string) {
 		return
 	}
 	defer c.channels.Add(-1)
+	c.srv.metrics.channel(1)
+	defer c.srv.metrics.channel(-1)
 	c.pipes.Add(1)
 	defer c.pipes.Done()
 
@@ -84,6 +88,9 @@ func (c *conn) openPair(nc gossh.NewChannel, other gossh.Conn, from string) {
 		return
 	}
 	c.log.Debug("channel open", "type", nc.ChannelType(), "from", from)
+	if f := describeForward(nc.ChannelType(), nc.ExtraData()); f != "" {
+		c.recordForward(f)
+	}
 	// Requests from the VPS side carry exit-status and exit-signal.
 	if from == "client" {
 		bridge(ch, reqs, twin, twinReqs, c.noteExit)
@@ -226,6 +233,7 @@ func (s *Server) handleGlobalRequest(ctx gliderssh.Context, _ *gliderssh.Server,
 			c.log.Warn("forward refused: limit reached", "limit", s.cfg.MaxForwards)
 			return false, nil
 		}
+		c.recordForward(describeForward(req.Type, req.Payload))
 	case "cancel-tcpip-forward", "cancel-streamlocal-forward@openssh.com":
 		defer c.forwards.Add(-1)
 	}
@@ -266,4 +274,32 @@ func (c *conn) relayUpstreamRequests(reqs <-chan *gossh.Request) {
 			_ = req.Reply(ok, payload)
 		}
 	}
+}
+
+// describeForward names a forward for the audit record, from the channel
+// type or global request and its payload (RFC 4254 sections 7.1 and 7.2,
+// OpenSSH PROTOCOL 2.4); "" for anything else.
+func describeForward(kind string, payload []byte) string {
+	switch kind {
+	case "direct-tcpip", "tcpip-forward", "forwarded-tcpip":
+		var p struct {
+			Host string
+			Port uint32
+			Rest []byte `ssh:"rest"`
+		}
+		if gossh.Unmarshal(payload, &p) != nil {
+			return kind
+		}
+		return fmt.Sprintf("%s %s", kind, net.JoinHostPort(printable(p.Host), strconv.FormatUint(uint64(p.Port), 10)))
+	case "direct-streamlocal@openssh.com", "streamlocal-forward@openssh.com", "forwarded-streamlocal@openssh.com":
+		var p struct {
+			Path string
+			Rest []byte `ssh:"rest"`
+		}
+		if gossh.Unmarshal(payload, &p) != nil {
+			return kind
+		}
+		return kind + " " + printable(p.Path)
+	}
+	return ""
 }

@@ -77,6 +77,13 @@ type Config struct {
 	// PublicHost is the host name shown in user-facing hints
 	// ("ssh <task>@HOST -p 8002"). Default "HOST".
 	PublicHost string
+	// Throttle bans sources that keep failing to log in.
+	Throttle ThrottleConfig
+	// Metrics, if set, receives the gateway's Prometheus metrics.
+	Metrics *Metrics
+	// Audit, if set, receives one record per authenticated connection
+	// (who, which VPS, route, times, bytes, exits, forwards).
+	Audit *slog.Logger
 }
 
 func (cfg *Config) setDefaults() error {
@@ -141,6 +148,8 @@ type Server struct {
 
 	// connSlots bounds concurrent connections (MaxConns).
 	connSlots chan struct{}
+	throttle  *throttle
+	metrics   *Metrics
 
 	// mu guards the fields below. Lock order: mu before any conn's mu.
 	mu        sync.Mutex
@@ -167,6 +176,8 @@ func New(cfg Config) (*Server, error) {
 		ports:     map[int]*portListener{},
 		conns:     map[*conn]struct{}{},
 		reconcile: make(chan struct{}, 1),
+		throttle:  newThrottle(cfg.Throttle),
+		metrics:   cfg.Metrics,
 	}
 	hostSigners := make([]gliderssh.Signer, 0, len(cfg.HostSigners))
 	for _, hs := range cfg.HostSigners {

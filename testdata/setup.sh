@@ -5,7 +5,7 @@
 # when everything is there.
 set -euo pipefail
 
-packages=(openssh-server openssh-client debootstrap rsync git)
+packages=(openssh-server openssh-client debootstrap rsync git putty-tools dropbear-bin python3-paramiko xauth)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

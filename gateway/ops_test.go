@@ -1,0 +1,153 @@
+package gateway
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func TestThrottleRules(t *testing.T) {
+	now := time.Unix(1000, 0)
+	a := &net.TCPAddr{IP: net.ParseIP("192.0.2.7"), Port: 1}
+	b := &net.TCPAddr{IP: net.ParseIP("192.0.2.8"), Port: 1}
+	allowed := &net.TCPAddr{IP: net.ParseIP("10.1.2.3"), Port: 1}
+	th := newThrottle(ThrottleConfig{MaxFailures: 3, Window: time.Minute, Ban: 5 * time.Minute,
+		Allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}})
+	th.now = func() time.Time { return now }
+
+	steps := []struct {
+		name       string
+		fail       *net.TCPAddr
+		advance    time.Duration
+		wantBanned map[*net.TCPAddr]bool
+	}{
+		{name: "first failure", fail: a, wantBanned: map[*net.TCPAddr]bool{a: false}},
+		{name: "second failure", fail: a, wantBanned: map[*net.TCPAddr]bool{a: false}},
+		{name: "third failure bans", fail: a, wantBanned: map[*net.TCPAddr]bool{a: true, b: false}},
+		{name: "other source unaffected", fail: b, wantBanned: map[*net.TCPAddr]bool{a: true, b: false}},
+		{name: "still banned after 4m", advance: 4 * time.Minute, wantBanned: map[*net.TCPAddr]bool{a: true}},
+		{name: "ban expires", advance: 2 * time.Minute, wantBanned: map[*net.TCPAddr]bool{a: false}},
+		{name: "old failures fall out of the window", fail: b, wantBanned: map[*net.TCPAddr]bool{b: false}},
+	}
+	for i := 0; i < 5; i++ {
+		th.fail(allowed)
+	}
+	if th.banned(allowed) {
+		t.Fatal("allowlisted source was banned")
+	}
+	for _, st := range steps {
+		now = now.Add(st.advance)
+		if st.fail != nil {
+			th.fail(st.fail)
+		}
+		for addr, want := range st.wantBanned {
+			if got := th.banned(addr); got != want {
+				t.Fatalf("%s: banned(%s) = %v, want %v", st.name, addr, got, want)
+			}
+		}
+	}
+}
+
+func TestFailedLoginsBanSource(t *testing.T) {
+	g := newTestGateway(t, func(c *Config) { c.Throttle = ThrottleConfig{MaxFailures: 3, Ban: time.Hour} })
+	key, stranger := newUserKey(t), newUserKey(t)
+	g.addVPS(t, "guarded", 0, key)
+	for i := 0; i < 3; i++ {
+		if _, _, code := runSSH(t, nil, g.sshArgs(stranger, g.port(), "guarded@127.0.0.1", "true")...); code == 0 {
+			t.Fatal("stranger logged in")
+		}
+	}
+	// Even the right key is refused now: the source is banned.
+	_, errOut, code := runSSH(t, nil, g.sshArgs(key, g.port(), "guarded@127.0.0.1", "true")...)
+	if code == 0 {
+		t.Fatal("banned source logged in")
+	}
+	if !strings.Contains(g.logs.String(), "source banned after repeated failed logins") {
+		t.Fatalf("ban not logged; ssh said %q", errOut)
+	}
+}
+
+func TestMetricsAndAudit(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	audit := &syncBuffer{}
+	g := newTestGateway(t, func(c *Config) { c.Metrics = m; c.Audit = slogJSON(audit) })
+	key, stranger := newUserKey(t), newUserKey(t)
+	v, _ := g.addVPS(t, "watched", 0, key)
+	target := echoServer(t)
+
+	if _, _, code := runSSH(t, nil, g.sshArgs(stranger, g.port(), "watched@127.0.0.1", "true")...); code == 0 {
+		t.Fatal("stranger logged in")
+	}
+	// A session that uses a -W forward and exits 0, then one that exits 4.
+	if out, _, code := runSSH(t, []byte("hi\n"), g.sshArgs(key, g.port(), "-W", target, "watched@127.0.0.1")...); code != 0 || out != "echo:hi\n" {
+		t.Fatalf("-W: %d %q", code, out)
+	}
+	if _, _, code := runSSH(t, nil, g.sshArgs(key, g.port(), "watched@127.0.0.1", "exit 4")...); code != 4 {
+		t.Fatalf("exit 4: got %d", code)
+	}
+	waitFor(t, "connections to close", func() bool { return g.srv.ActiveConns() == 0 })
+
+	if got := testutil.ToFloat64(m.connections.WithLabelValues("main")); got != 3 {
+		t.Errorf("connections_total{main} = %v, want 3", got)
+	}
+	if got := testutil.ToFloat64(m.authFailures.WithLabelValues("key")); got < 1 {
+		t.Errorf("auth_failures_total{key} = %v, want >= 1", got)
+	}
+	if got := testutil.ToFloat64(m.active); got != 0 {
+		t.Errorf("active_connections = %v, want 0", got)
+	}
+	if got := testutil.CollectAndCount(m.hopSetup); got != 1 {
+		t.Errorf("hop_setup_seconds series = %d", got)
+	}
+	if got := testutil.ToFloat64(m.bytes.WithLabelValues("out")); got <= 0 {
+		t.Errorf("bytes_total{out} = %v", got)
+	}
+
+	var records []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(audit.String()), "\n") {
+		var r map[string]any
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("audit line %q: %v", line, err)
+		}
+		records = append(records, r)
+	}
+	if len(records) != 2 {
+		t.Fatalf("want 2 audit records (one per authenticated connection), got %d:\n%s", len(records), audit.String())
+	}
+	host, port, _ := net.SplitHostPort(target)
+	wantForward := fmt.Sprintf("direct-tcpip %s", net.JoinHostPort(host, port))
+	for i, r := range records {
+		if r["vps"] != v.TaskID || r["key_fingerprint"] != key.auth.Fingerprint || r["owner"] != "alice" || r["route"] != "username" {
+			t.Errorf("record %d lacks who/what: %v", i, r)
+		}
+	}
+	if fw, _ := records[0]["forwards"].([]any); len(fw) != 1 || fw[0] != wantForward {
+		t.Errorf("first record forwards = %v, want [%s]", records[0]["forwards"], wantForward)
+	}
+	if ex, _ := records[1]["exit"].([]any); len(ex) != 1 || ex[0] != "status "+strconv.Itoa(4) {
+		t.Errorf("second record exit = %v, want [status 4]", records[1]["exit"])
+	}
+}
+
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
