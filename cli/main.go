@@ -23,6 +23,9 @@ func (VersionCmd) Run() error {
 
 // Root is the top-level command set.
 type Root struct {
+	Up      UpCmd      `cmd:"" help:"Run host, agent and a demo VPS on this machine; prints the ssh line."`
+	Host    HostCmd    `cmd:"" help:"Run the host: control plane API and SSH gateway."`
+	Agent   AgentCmd   `cmd:"" help:"Run a node agent (needs Docker)."`
 	Version VersionCmd `cmd:"" help:"Print the version."`
 }
 

@@ -1,0 +1,231 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/kohakuriver/kohakuriver/agent/clusterauth"
+	"github.com/kohakuriver/kohakuriver/agent/control"
+	"github.com/kohakuriver/kohakuriver/agent/docker"
+	"github.com/kohakuriver/kohakuriver/agent/relay"
+	"github.com/kohakuriver/kohakuriver/gateway/api"
+)
+
+// Config configures an Agent.
+type Config struct {
+	// Name is the node name (unique in the cluster). Required.
+	Name string
+	// ListenAddr is where the control API and the relay listen
+	// (default ":8001").
+	ListenAddr string
+	// AdvertiseAddr is the host:port the host and gateway dial; default
+	// the listener's address.
+	AdvertiseAddr string
+	// HostURL is the host API's base URL (http://host:8000). Required.
+	HostURL string
+	// ClusterToken is the shared secret of host and agents. Required.
+	ClusterToken string
+	// Runtime runs the containers. Required.
+	Runtime control.Runtime
+	// HeartbeatInterval defaults to 5s.
+	HeartbeatInterval time.Duration
+	// Cores and MemoryMB are the capacity reported; default: this machine.
+	Cores    int
+	MemoryMB int64
+	Logger   *slog.Logger
+}
+
+// Agent is a running node agent. New, then Listen, then Run; Close stops it.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	relay   *relay.Handler
+	httpSrv *http.Server
+	hostAPI *api.AgentAPI
+
+	mu sync.Mutex
+	ln net.Listener
+}
+
+// New validates cfg and builds the agent's handlers.
+func New(cfg Config) (*Agent, error) {
+	switch {
+	case cfg.Name == "":
+		return nil, errors.New("agent: node name is required (--name)")
+	case cfg.HostURL == "":
+		return nil, errors.New("agent: host URL is required (--host-url)")
+	case cfg.ClusterToken == "":
+		return nil, errors.New("agent: cluster token is required (the host writes it to <data dir>/cluster.token)")
+	case cfg.Runtime == nil:
+		return nil, errors.New("agent: no container runtime")
+	}
+	if cfg.ListenAddr == "" {
+		cfg.ListenAddr = ":8001"
+	}
+	if cfg.HeartbeatInterval <= 0 {
+		cfg.HeartbeatInterval = 5 * time.Second
+	}
+	if cfg.Cores == 0 {
+		cfg.Cores = runtime.NumCPU()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	verifier, err := clusterauth.NewVerifier(cfg.ClusterToken)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	a := &Agent{cfg: cfg, log: cfg.Logger.With("node", cfg.Name)}
+	a.relay, err = relay.NewHandler(verifier, relayTargets{cfg.Runtime}, a.log)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(relay.Pattern, a.relay)
+	mux.Handle("/v1/", control.NewHandler(verifier, cfg.Runtime, a.log))
+	a.httpSrv = relay.NewHTTPServer(mux, a.log)
+	a.hostAPI = &api.AgentAPI{BaseURL: cfg.HostURL, ClusterToken: cfg.ClusterToken}
+	return a, nil
+}
+
+// relayTargets maps the runtime's answers to the relay's sentinels.
+type relayTargets struct{ rt control.Runtime }
+
+func (t relayTargets) SSHAddr(ctx context.Context, taskID string) (string, error) {
+	addr, err := t.rt.SSHAddr(ctx, taskID)
+	switch {
+	case errors.Is(err, docker.ErrNotFound):
+		return "", fmt.Errorf("%w: %v", relay.ErrUnknownVPS, err)
+	case errors.Is(err, docker.ErrNotRunning):
+		return "", fmt.Errorf("%w: %v", relay.ErrNotRunning, err)
+	}
+	return addr, err
+}
+
+// Listen binds the agent's listener.
+func (a *Agent) Listen() error {
+	ln, err := net.Listen("tcp", a.cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("agent: listen on %s: %w", a.cfg.ListenAddr, err)
+	}
+	a.mu.Lock()
+	a.ln = ln
+	if a.cfg.AdvertiseAddr == "" {
+		a.cfg.AdvertiseAddr = ln.Addr().String()
+	}
+	a.mu.Unlock()
+	return nil
+}
+
+// Addr is the listener's address (after Listen).
+func (a *Agent) Addr() net.Addr {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.ln == nil {
+		return nil
+	}
+	return a.ln.Addr()
+}
+
+// Run serves and reports to the host until ctx is done, then shuts down.
+func (a *Agent) Run(ctx context.Context) error {
+	a.mu.Lock()
+	ln := a.ln
+	a.mu.Unlock()
+	if ln == nil {
+		if err := a.Listen(); err != nil {
+			return err
+		}
+		ln = a.ln
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- a.httpSrv.Serve(ln) }()
+	a.log.Info("agent listening", "addr", ln.Addr().String(), "advertise", a.cfg.AdvertiseAddr)
+
+	reportDone := make(chan struct{})
+	go func() { defer close(reportDone); a.reportLoop(ctx) }()
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+	}
+	a.Close()
+	<-reportDone
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// Close stops serving and ends every relay.
+func (a *Agent) Close() error {
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := a.httpSrv.Shutdown(shutdownCtx)
+	if rerr := a.relay.Close(); err == nil {
+		err = rerr
+	}
+	return err
+}
+
+// reportLoop registers, then heartbeats; failures back off and retry, and
+// a heartbeat the host refuses (it forgot the node) registers again.
+func (a *Agent) reportLoop(ctx context.Context) {
+	registered := false
+	backoff := time.Second
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		report, err := a.report(ctx)
+		if err == nil {
+			if registered {
+				err = a.hostAPI.Heartbeat(ctx, report)
+			} else {
+				err = a.hostAPI.Register(ctx, report)
+			}
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			a.log.Warn("cannot report to host", "registered", registered, "err", err)
+			registered = false
+			t.Reset(backoff)
+			backoff = min(backoff*2, 30*time.Second)
+			continue
+		}
+		if !registered {
+			a.log.Info("registered with host", "host", a.cfg.HostURL, "vps", len(report.VPS))
+		}
+		registered = true
+		backoff = time.Second
+		t.Reset(a.cfg.HeartbeatInterval)
+	}
+}
+
+func (a *Agent) report(ctx context.Context) (api.AgentReport, error) {
+	lctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	infos, err := a.cfg.Runtime.List(lctx)
+	if err != nil {
+		return api.AgentReport{}, fmt.Errorf("list containers: %w", err)
+	}
+	r := api.AgentReport{Name: a.cfg.Name, Address: a.cfg.AdvertiseAddr, Cores: a.cfg.Cores, MemoryMB: a.cfg.MemoryMB}
+	for _, info := range infos {
+		r.VPS = append(r.VPS, control.State(info))
+	}
+	return r, nil
+}

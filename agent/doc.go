@@ -1,0 +1,16 @@
+// Package agent is the node agent (`kohakuriver agent`): it registers with
+// the host, heartbeats with the state of its VPS containers, serves the
+// host's control API (package control) and the gateway's relay to VPS sshds
+// (package relay), all on one listener authenticated with the cluster
+// token.
+//
+// # Caveats
+//
+//   - The relay reaches only the sshd of a VPS this agent runs (the address
+//     its runtime published on 127.0.0.1), never an address from the
+//     request.
+//   - Relays are hijacked connections: they survive an http.Server shutdown
+//     and are ended by Close.
+//   - After an agent restart the containers keep running; the first
+//     registration reports them again and the host re-adopts them.
+package agent

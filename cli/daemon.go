@@ -1,0 +1,147 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/kohakuriver/kohakuriver/agent"
+	"github.com/kohakuriver/kohakuriver/agent/docker"
+	"github.com/kohakuriver/kohakuriver/gateway/host"
+)
+
+// LogFlags select the daemons' log output.
+type LogFlags struct {
+	LogLevel  string `name:"log-level" default:"info" enum:"debug,info,warn,error" help:"Log level (${enum})."`
+	LogFormat string `name:"log-format" default:"json" enum:"json,text" help:"Log format (${enum})."`
+}
+
+func (f LogFlags) logger() *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(f.LogLevel))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if f.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+}
+
+// signalContext is cancelled by SIGINT or SIGTERM.
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+// HostFlags configure the host daemon.
+type HostFlags struct {
+	DataDir    string        `name:"data-dir" default:".kohakuriver" env:"KOHAKURIVER_DATA_DIR" help:"Directory for the state database and token files."`
+	APIAddr    string        `name:"api-addr" default:":8000" env:"HOST_API_ADDR" help:"HTTP API listen address."`
+	SSHAddr    string        `name:"ssh-addr" default:":8002" env:"HOST_SSH_PROXY_ADDR" help:"SSH gateway listen address."`
+	PortHost   string        `name:"vps-port-host" default:"" help:"Bind address of the per-VPS SSH ports (default: all interfaces)."`
+	PortMin    int           `name:"vps-port-min" default:"9000" help:"First per-VPS SSH port."`
+	PortMax    int           `name:"vps-port-max" default:"9999" help:"Last per-VPS SSH port."`
+	PublicHost string        `name:"public-host" default:"localhost" env:"KOHAKURIVER_PUBLIC_HOST" help:"Host name users connect to, shown in hints."`
+	Image      string        `name:"default-image" default:"kohakuriver/vps:latest" help:"Image for new VPSs."`
+	Drain      time.Duration `name:"drain" default:"30s" help:"On SIGTERM, how long SSH sessions may continue before they are closed."`
+}
+
+func (f HostFlags) config(log *slog.Logger) host.Config {
+	return host.Config{
+		DataDir: f.DataDir, APIAddr: f.APIAddr, SSHAddr: f.SSHAddr, PortHost: f.PortHost,
+		PortMin: f.PortMin, PortMax: f.PortMax, PublicHost: f.PublicHost, DefaultImage: f.Image, Logger: log,
+	}
+}
+
+// HostCmd runs the control plane and the SSH gateway.
+type HostCmd struct {
+	HostFlags
+	LogFlags
+}
+
+// Run starts the host and blocks until SIGINT/SIGTERM.
+func (c *HostCmd) Run() error {
+	log := c.logger()
+	h, err := host.New(c.config(log))
+	if err != nil {
+		return err
+	}
+	if err := h.Start(); err != nil {
+		h.Close()
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "kohakuriver host: API on %s, SSH gateway on %s; agents need the token in %s/%s\n",
+		h.APIAddr(), h.SSHAddr(), c.DataDir, host.ClusterTokenFile)
+	ctx, stop := signalContext()
+	defer stop()
+	<-ctx.Done()
+	log.Info("shutting down", "drain", c.Drain.String())
+	return h.Shutdown(context.Background(), c.Drain)
+}
+
+// AgentFlags configure a node agent.
+type AgentFlags struct {
+	Name             string `name:"name" env:"KOHAKURIVER_NODE_NAME" help:"Node name (default: this machine's host name)."`
+	Listen           string `name:"listen" default:":8001" env:"KOHAKURIVER_AGENT_ADDR" help:"Agent listen address (relay and control API)."`
+	Advertise        string `name:"advertise" env:"KOHAKURIVER_AGENT_ADVERTISE" help:"host:port the host uses to reach this agent (default: the listen address)."`
+	HostURL          string `name:"host-url" default:"http://127.0.0.1:8000" env:"KOHAKURIVER_HOST_URL" help:"The host API's base URL."`
+	ClusterToken     string `name:"cluster-token" env:"KOHAKURIVER_CLUSTER_TOKEN" help:"Cluster token (prefer --cluster-token-file)."`
+	ClusterTokenFile string `name:"cluster-token-file" default:".kohakuriver/cluster.token" help:"File holding the cluster token (written by the host)."`
+}
+
+func (f AgentFlags) token() (string, error) {
+	if f.ClusterToken != "" {
+		return f.ClusterToken, nil
+	}
+	b, err := os.ReadFile(f.ClusterTokenFile)
+	if err != nil {
+		return "", fmt.Errorf("read cluster token: %w (copy <host data dir>/cluster.token here or pass --cluster-token-file)", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+func (f AgentFlags) build(log *slog.Logger) (*agent.Agent, *docker.Runtime, error) {
+	name := f.Name
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	token, err := f.token()
+	if err != nil {
+		return nil, nil, err
+	}
+	rt, err := docker.New(docker.Options{NodeName: name, Logger: log})
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w (the agent runs VPSs with Docker: start dockerd)", err)
+	}
+	a, err := agent.New(agent.Config{
+		Name: name, ListenAddr: f.Listen, AdvertiseAddr: f.Advertise, HostURL: f.HostURL,
+		ClusterToken: token, Runtime: rt, Logger: log,
+	})
+	if err != nil {
+		rt.Close()
+		return nil, nil, err
+	}
+	return a, rt, nil
+}
+
+// AgentCmd runs a node agent.
+type AgentCmd struct {
+	AgentFlags
+	LogFlags
+}
+
+// Run starts the agent and blocks until SIGINT/SIGTERM.
+func (c *AgentCmd) Run() error {
+	log := c.logger()
+	a, rt, err := c.build(log)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	ctx, stop := signalContext()
+	defer stop()
+	return a.Run(ctx)
+}

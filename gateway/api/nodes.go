@@ -1,0 +1,289 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/kohakuriver/kohakuriver/store"
+)
+
+// maxReportVPS bounds the VPS states in one agent report.
+const maxReportVPS = 10000
+
+// errNoChange is returned by Update/Upsert functions to write nothing.
+var errNoChange = errors.New("no change")
+
+// GET /api/v1/nodes (every user: node names and capacity are not secret)
+func (srv *Server) listNodes(w http.ResponseWriter, r *http.Request) error {
+	nodes, err := srv.st.ListNodes(r.Context())
+	if err != nil {
+		return err
+	}
+	counts, err := srv.vpsCounts(r.Context())
+	if err != nil {
+		return err
+	}
+	out := make([]NodeInfo, 0, len(nodes))
+	for _, n := range nodes {
+		out = append(out, NodeInfo{Node: n, VPSCount: counts[n.Name]})
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// GET /api/v1/nodes/{name}
+func (srv *Server) getNode(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	n, err := srv.st.Node(r.Context(), name)
+	if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrInvalid) {
+		return errorf(http.StatusNotFound, "no node %q; list nodes with `kohakuriver node list`", name)
+	}
+	if err != nil {
+		return err
+	}
+	counts, err := srv.vpsCounts(r.Context())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, NodeInfo{Node: n, VPSCount: counts[n.Name]})
+	return nil
+}
+
+// POST /api/v1/agent/register (cluster token): creates or updates the node,
+// online, and reconciles its VPSs with the report.
+func (srv *Server) register(w http.ResponseWriter, r *http.Request) error {
+	return srv.report(w, r, true)
+}
+
+// POST /api/v1/agent/heartbeat (cluster token): like register, for a node
+// the host knows; an unknown node gets 404 and registers again.
+func (srv *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
+	return srv.report(w, r, false)
+}
+
+func (srv *Server) report(w http.ResponseWriter, r *http.Request, register bool) error {
+	ctx := r.Context()
+	rep, err := decodeReport(r)
+	if err != nil {
+		return err
+	}
+	log := info(r).log.With("node", rep.Name)
+	now := srv.now().UTC()
+	wasOnline := false
+	n, err := srv.st.UpsertNode(ctx, rep.Name, func(n *store.Node) error {
+		if !register && n.RegisteredAt.IsZero() {
+			return errorf(http.StatusNotFound, "node %s is not registered; register first", rep.Name)
+		}
+		wasOnline = n.Status == store.NodeOnline
+		n.Address, n.Cores, n.MemoryMB = rep.Address, rep.Cores, rep.MemoryMB
+		n.Status, n.LastHeartbeat = store.NodeOnline, now
+		if register {
+			n.RegisteredAt = now
+		}
+		return nil
+	})
+	if errors.Is(err, store.ErrInvalid) {
+		return invalid(err, "")
+	}
+	if err != nil {
+		return err
+	}
+	switch {
+	case register:
+		log.Info("node registered", "address", n.Address, "cores", n.Cores, "memory_mb", n.MemoryMB, "vps", len(rep.VPS))
+	case !wasOnline:
+		log.Info("node back online", "address", n.Address)
+	}
+	srv.reconcile(ctx, log, rep)
+	writeJSON(w, http.StatusOK, n)
+	return nil
+}
+
+// decodeReport reads an agent report. Unknown fields are allowed here,
+// unlike in user requests, so a newer agent can talk to an older host;
+// the body was already bounded and verified by clusterauth.
+func decodeReport(r *http.Request) (AgentReport, error) {
+	var rep AgentReport
+	if err := json.NewDecoder(r.Body).Decode(&rep); err != nil {
+		return rep, decodeError(err)
+	}
+	switch {
+	case rep.Name == "":
+		return rep, errorf(http.StatusBadRequest, "name is required: the node's name")
+	case rep.Cores < 0 || rep.MemoryMB < 0:
+		return rep, errorf(http.StatusBadRequest, "cores and memory_mb cannot be negative")
+	case len(rep.VPS) > maxReportVPS:
+		return rep, errorf(http.StatusBadRequest, "a report holds at most %d VPSs", maxReportVPS)
+	}
+	if host, port, err := net.SplitHostPort(rep.Address); err != nil || host == "" || port == "" {
+		return rep, errorf(http.StatusBadRequest, "address %q must be host:port, where the host reaches the agent", rep.Address)
+	}
+	return rep, nil
+}
+
+// reconcile updates the node's VPS records from what it reports:
+//
+//   - lost and reported running: running (host keys checked as on start);
+//   - lost and reported not running: stopped;
+//   - lost and not reported: stays lost, with a message saying the
+//     container is gone;
+//   - pending and reported running: running (the report may beat the
+//     create or start call's answer, which then sets the same state).
+//
+// Other records are left alone: the API's own calls set them, and a report
+// made before such a call must not undo it. Reported task ids the host does
+// not know, or knows on another node, are logged and ignored.
+func (srv *Server) reconcile(ctx context.Context, log *slog.Logger, rep AgentReport) {
+	reported := make(map[string]VPSState, len(rep.VPS))
+	for _, s := range rep.VPS {
+		reported[s.TaskID] = s
+	}
+	all, err := srv.st.ListVPS(ctx)
+	if err != nil {
+		log.Error("reconcile: list vps", "err", err)
+		return
+	}
+	for _, v := range all {
+		st, ok := reported[v.TaskID]
+		delete(reported, v.TaskID)
+		if v.Node != rep.Name {
+			if ok {
+				log.Warn("node reports a VPS placed on another node; ignored", "vps", v.TaskID, "vps_node", v.Node)
+			}
+			continue
+		}
+		if v.Status != store.StatusLost && v.Status != store.StatusPending {
+			continue
+		}
+		_, err := srv.st.UpdateVPS(ctx, v.TaskID, func(x *store.VPS) error {
+			return reconcileVPS(x, st, ok, rep.Name)
+		})
+		switch {
+		case errors.Is(err, errNoChange), errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			log.Error("reconcile vps", "vps", v.TaskID, "err", err)
+		default:
+			log.Info("vps reconciled from node report", "vps", v.TaskID, "was", v.Status, "running", st.Running)
+		}
+	}
+	for id := range reported {
+		log.Info("node reports a VPS the host does not know; ignored", "vps", id)
+	}
+}
+
+// reconcileVPS applies one report entry (reported says whether there was
+// one) to x, or returns errNoChange. It rechecks x's status: the record may
+// have changed since it was listed.
+func reconcileVPS(x *store.VPS, st VPSState, reported bool, node string) error {
+	switch {
+	case x.Status == store.StatusLost && reported && st.Running,
+		x.Status == store.StatusPending && reported && st.Running:
+		applyRunning(x, st)
+	case x.Status == store.StatusLost && reported:
+		x.Status = store.StatusStopped
+		x.Message = fmt.Sprintf("the container was not running when node %s came back; start it with `kohakuriver vps start %s`", node, x.Ref())
+	case x.Status == store.StatusLost:
+		msg := fmt.Sprintf("node %s is back but no longer has this VPS's container; delete the VPS", node)
+		if x.Message == msg {
+			return errNoChange
+		}
+		x.Message = msg
+	default:
+		return errNoChange
+	}
+	return nil
+}
+
+// RunNodeMonitor marks nodes offline whose last heartbeat is older than
+// HeartbeatTimeout, and their VPSs lost, checking every third of the
+// timeout until ctx is done. A lost VPS's Message says what its status
+// was; the status itself comes back from the node's next report (see
+// reconcile). Call it once, in its own goroutine.
+func (srv *Server) RunNodeMonitor(ctx context.Context) {
+	t := time.NewTicker(max(srv.hbTimeout/3, 100*time.Millisecond))
+	defer t.Stop()
+	for {
+		if err := srv.checkNodes(ctx); err != nil && ctx.Err() == nil {
+			srv.log.Error("node monitor", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// checkNodes is one pass of the node monitor.
+func (srv *Server) checkNodes(ctx context.Context) error {
+	now := srv.now()
+	stale := func(n *store.Node) bool { return now.Sub(n.LastHeartbeat) > srv.hbTimeout }
+	nodes, err := srv.st.ListNodes(ctx)
+	if err != nil {
+		return fmt.Errorf("list nodes: %w", err)
+	}
+	offline := map[string]store.Node{}
+	for _, n := range nodes {
+		if n.Status == store.NodeOnline && stale(&n) {
+			n, err = srv.st.UpsertNode(ctx, n.Name, func(x *store.Node) error {
+				if x.Status != store.NodeOnline || !stale(x) {
+					return errNoChange // a heartbeat came in meanwhile
+				}
+				x.Status = store.NodeOffline
+				return nil
+			})
+			if errors.Is(err, errNoChange) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("mark node %s offline: %w", n.Name, err)
+			}
+			srv.log.Warn("node offline: no heartbeat", "node", n.Name, "last_heartbeat", n.LastHeartbeat, "timeout", srv.hbTimeout)
+		}
+		if n.Status == store.NodeOffline {
+			offline[n.Name] = n
+		}
+	}
+	if len(offline) == 0 {
+		return nil
+	}
+	all, err := srv.st.ListVPS(ctx)
+	if err != nil {
+		return fmt.Errorf("list vps: %w", err)
+	}
+	for _, v := range all {
+		n, ok := offline[v.Node]
+		if !ok || !mayLose(v.Status) {
+			continue
+		}
+		_, err := srv.st.UpdateVPS(ctx, v.TaskID, func(x *store.VPS) error {
+			if !mayLose(x.Status) {
+				return errNoChange
+			}
+			x.Message = fmt.Sprintf("node %s stopped sending heartbeats (last at %s); the VPS was %s and gets its state back when the node reports again",
+				n.Name, n.LastHeartbeat.UTC().Format(time.RFC3339), x.Status)
+			x.Status = store.StatusLost
+			return nil
+		})
+		switch {
+		case errors.Is(err, errNoChange), errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			return fmt.Errorf("mark vps %s lost: %w", v.TaskID, err)
+		default:
+			srv.log.Warn("vps lost with its node", "vps", v.TaskID, "node", n.Name, "was", v.Status)
+		}
+	}
+	return nil
+}
+
+// mayLose reports whether a VPS in status s becomes lost when its node
+// goes offline. Failed VPSs stay failed: there is nothing to come back to.
+func mayLose(s store.VPSStatus) bool {
+	return s == store.StatusRunning || s == store.StatusPending || s == store.StatusStopped
+}
