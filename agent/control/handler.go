@@ -48,7 +48,6 @@ type (
 	}
 )
 
-
 // NewHandler returns the agent's control API, authenticated with v.
 func NewHandler(v *clusterauth.Verifier, rt Runtime, logger *slog.Logger) http.Handler {
 	if logger == nil {
