@@ -1,12 +1,10 @@
 package control
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -166,36 +164,5 @@ func (c *Client) Exec(ctx context.Context, node store.Node, taskID string, cmd [
 	if resp.StatusCode != http.StatusOK {
 		return -1, decodeError(resp)
 	}
-	return ReadFrames(resp.Body, stdout, stderr)
-}
-
-// ReadFrames copies exec frames to stdout and stderr and returns the exit
-// code from the final frame.
-func ReadFrames(r io.Reader, stdout, stderr io.Writer) (int, error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 4<<20)
-	for sc.Scan() {
-		var f api.ExecFrame
-		if err := json.Unmarshal(sc.Bytes(), &f); err != nil {
-			return -1, fmt.Errorf("exec stream: %w", err)
-		}
-		switch {
-		case f.Error != "":
-			return -1, errors.New(f.Error)
-		case f.ExitCode != nil:
-			return *f.ExitCode, nil
-		case f.Stream == "stdout" && stdout != nil:
-			if _, err := stdout.Write(f.Data); err != nil {
-				return -1, err
-			}
-		case f.Stream == "stderr" && stderr != nil:
-			if _, err := stderr.Write(f.Data); err != nil {
-				return -1, err
-			}
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return -1, fmt.Errorf("exec stream: %w", err)
-	}
-	return -1, errors.New("exec stream ended without an exit code")
+	return api.ReadExecFrames(resp.Body, stdout, stderr)
 }
