@@ -42,7 +42,7 @@
 // takes effect at once even when the node is slow or down.
 //
 // Exec answers NDJSON frames (ExecFrame), flushed one by one; see
-// Server.exec and ReadExecFrames.
+// ExecFrame and ReadExecFrames.
 //
 // # Caveats
 //

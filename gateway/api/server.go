@@ -267,6 +267,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // refuses unknown fields, trailing data and an empty body with a message
 // that names the problem.
 func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	if sw, ok := w.(*statusWriter); ok {
+		w = sw.ResponseWriter // so MaxBytesReader can close the connection after a 413
+	}
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBodySize))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
