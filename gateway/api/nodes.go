@@ -208,7 +208,18 @@ func reconcileVPS(x *store.VPS, st VPSState, reported bool, node string) error {
 func (srv *Server) RunNodeMonitor(ctx context.Context) {
 	t := time.NewTicker(max(srv.hbTimeout/3, 100*time.Millisecond))
 	defer t.Stop()
+	// Heartbeats missed while the host itself was down say nothing about
+	// the nodes: give every node a full timeout from now before judging.
+	started := srv.now()
 	for {
+		if srv.now().Sub(started) < srv.hbTimeout {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			continue
+		}
 		if err := srv.checkNodes(ctx); err != nil && ctx.Err() == nil {
 			srv.log.Error("node monitor", "err", err)
 		}

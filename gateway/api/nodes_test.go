@@ -226,10 +226,17 @@ func TestRegisterAndHeartbeat(t *testing.T) {
 func TestRunNodeMonitor(t *testing.T) {
 	e := newEnv(t)
 	e.createVPS(t, "alice", "box")
+	// The host was down for a minute: on start, the monitor first gives
+	// every node a full timeout to report again.
 	e.clock.advance(time.Minute)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); e.srv.RunNodeMonitor(ctx) }()
+	time.Sleep(300 * time.Millisecond) // several monitor ticks
+	if st := e.vps(t, "box").Status; st != store.StatusRunning {
+		t.Fatalf("VPS %s right after the monitor started; want running during the grace period", st)
+	}
+	e.clock.advance(time.Minute)
 	deadline := time.Now().Add(5 * time.Second)
 	for e.vps(t, "box").Status != store.StatusLost {
 		if time.Now().After(deadline) {

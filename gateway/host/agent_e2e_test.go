@@ -69,12 +69,20 @@ func (c *cluster) startEcho(key userKey, user string) *echoSession {
 		"-i", key.path, "-p", strconv.Itoa(port), user+"@127.0.0.1", "cat")
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		c.t.Fatal(err)
 	}
 	s := &echoSession{cmd: cmd, stdin: stdin, out: bufio.NewReader(stdout), done: make(chan error, 1)}
 	go func() { s.done <- cmd.Wait() }()
-	c.t.Cleanup(func() { _ = cmd.Process.Kill(); <-s.done })
+	c.t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		err := <-s.done
+		if c.t.Failed() {
+			c.t.Logf("ssh %s: %v, stderr: %s", user, err, stderr.String())
+		}
+	})
 	return s
 }
 

@@ -130,7 +130,7 @@ func (h *Host) build() error {
 	if err := writeSecret(filepath.Join(h.cfg.DataDir, ClusterTokenFile), id.ClusterToken); err != nil {
 		return err
 	}
-	created, err := api.EnsureAdmin(ctx, h.store, filepath.Join(h.cfg.DataDir, AdminTokenFile))
+	created, err := api.EnsureAdminWithLogger(ctx, h.store, filepath.Join(h.cfg.DataDir, AdminTokenFile), h.log)
 	if err != nil {
 		return fmt.Errorf("host: admin user: %w", err)
 	}
