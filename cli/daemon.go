@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -47,13 +48,39 @@ type HostFlags struct {
 	PublicHost string        `name:"public-host" default:"localhost" env:"KOHAKURIVER_PUBLIC_HOST" help:"Host name users connect to, shown in hints."`
 	Image      string        `name:"default-image" default:"kohakuriver/vps:latest" help:"Image for new VPSs."`
 	Drain      time.Duration `name:"drain" default:"30s" help:"On SIGTERM, how long SSH sessions may continue before they are closed."`
+	AdminAddr  string        `name:"admin-addr" default:"127.0.0.1:9100" help:"Listen address of /metrics, /healthz and /readyz (no authentication: keep it private); empty disables."`
+	AuditLog   string        `name:"audit-log" default:"" help:"File for the JSON audit log, one record per SSH session (default <data-dir>/audit.log; '-' for stderr)."`
 }
 
-func (f HostFlags) config(log *slog.Logger) host.Config {
+func (f HostFlags) config(log *slog.Logger) (host.Config, func(), error) {
+	audit, closeAudit, err := openAuditLog(f.AuditLog, f.DataDir)
+	if err != nil {
+		return host.Config{}, nil, err
+	}
 	return host.Config{
 		DataDir: f.DataDir, APIAddr: f.APIAddr, SSHAddr: f.SSHAddr, PortHost: f.PortHost,
 		PortMin: f.PortMin, PortMax: f.PortMax, PublicHost: f.PublicHost, DefaultImage: f.Image, Logger: log,
+		AdminAddr: f.AdminAddr, AuditLog: audit,
+	}, closeAudit, nil
+}
+
+// openAuditLog opens the audit log for appending (0600: it names users and
+// their keys' fingerprints).
+func openAuditLog(path, dataDir string) (*slog.Logger, func(), error) {
+	if path == "-" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, nil)), func() {}, nil
 	}
+	if path == "" {
+		if err := os.MkdirAll(dataDir, 0o700); err != nil {
+			return nil, nil, err
+		}
+		path = filepath.Join(dataDir, "audit.log")
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open audit log: %w", err)
+	}
+	return slog.New(slog.NewJSONHandler(f, nil)), func() { f.Close() }, nil
 }
 
 // HostCmd runs the control plane and the SSH gateway.
@@ -65,7 +92,12 @@ type HostCmd struct {
 // Run starts the host and blocks until SIGINT/SIGTERM.
 func (c *HostCmd) Run() error {
 	log := c.logger()
-	h, err := host.New(c.config(log))
+	cfg, closeAudit, err := c.config(log)
+	if err != nil {
+		return err
+	}
+	defer closeAudit()
+	h, err := host.New(cfg)
 	if err != nil {
 		return err
 	}

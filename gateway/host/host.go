@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/kohakuriver/kohakuriver/agent/control"
@@ -41,6 +42,11 @@ type Config struct {
 	// PublicHost is how users reach this host (shown in hints and the
 	// generated ssh config). Default "localhost".
 	PublicHost string
+	// AdminAddr serves /metrics, /healthz and /readyz; empty disables it.
+	// It has no authentication: bind it to loopback or a private network.
+	AdminAddr string
+	// AuditLog, if set, receives one JSON record per SSH session.
+	AuditLog *slog.Logger
 	// DefaultImage for new VPSs (default kohakuriver/vps:latest).
 	DefaultImage     string
 	HeartbeatTimeout time.Duration
@@ -64,11 +70,14 @@ type Host struct {
 	gw    *gateway.Server
 	api   *api.Server
 	http  *http.Server
+	admin *http.Server
+	reg   *prometheus.Registry
 
-	mu     sync.Mutex
-	apiLn  net.Listener
-	cancel context.CancelFunc
-	bg     sync.WaitGroup
+	mu      sync.Mutex
+	apiLn   net.Listener
+	adminLn net.Listener
+	cancel  context.CancelFunc
+	bg      sync.WaitGroup
 	// ClusterToken is the secret agents need; also in DataDir/cluster.token.
 	ClusterToken string
 	// HostKeys are the gateway's public host keys.
@@ -143,7 +152,14 @@ func (h *Host) build() error {
 		h.HostKeys = append(h.HostKeys, s.PublicKey())
 		hostKeyLines = append(hostKeyLines, strings.TrimSpace(string(gossh.MarshalAuthorizedKey(s.PublicKey()))))
 	}
+	h.reg = newRegistry(h.store)
+	metrics, err := gateway.NewMetrics(h.reg)
+	if err != nil {
+		return err
+	}
 	gcfg := gateway.Config{
+		Metrics:     metrics,
+		Audit:       h.cfg.AuditLog,
 		Addr:        h.cfg.SSHAddr,
 		PortHost:    h.cfg.PortHost,
 		HostSigners: hostSigners,
@@ -199,10 +215,30 @@ func (h *Host) Start() error {
 		ln.Close()
 		return err
 	}
+	var adminLn net.Listener
+	if h.cfg.AdminAddr != "" {
+		if adminLn, err = net.Listen("tcp", h.cfg.AdminAddr); err != nil {
+			ln.Close()
+			h.gw.Close()
+			return fmt.Errorf("host: listen on %s: %w", h.cfg.AdminAddr, err)
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.mu.Lock()
-	h.apiLn, h.cancel = ln, cancel
+	h.apiLn, h.adminLn, h.cancel = ln, adminLn, cancel
 	h.mu.Unlock()
+	if adminLn != nil {
+		h.admin = &http.Server{Handler: h.adminHandler(h.reg), ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, MaxHeaderBytes: 16 << 10}
+		h.bg.Add(1)
+		go func() {
+			defer h.bg.Done()
+			if err := h.admin.Serve(adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				h.log.Error("admin server stopped", "err", err)
+			}
+		}()
+		h.log.Info("admin endpoints listening", "addr", adminLn.Addr().String())
+	}
 	h.http = api.NewHTTPServer(h.cfg.APIAddr, h.api)
 	h.bg.Add(2)
 	go func() {
@@ -218,6 +254,16 @@ func (h *Host) Start() error {
 
 // APIAddr and SSHAddr report the bound addresses (after Start).
 func (h *Host) APIAddr() net.Addr { h.mu.Lock(); defer h.mu.Unlock(); return h.apiLn.Addr() }
+
+// AdminAddr is the admin listener's address, nil when disabled.
+func (h *Host) AdminAddr() net.Addr {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.adminLn == nil {
+		return nil
+	}
+	return h.adminLn.Addr()
+}
 
 // SSHAddr is the gateway's main listener address.
 func (h *Host) SSHAddr() net.Addr { return h.gw.Addr() }
@@ -242,10 +288,12 @@ func (h *Host) Shutdown(ctx context.Context, drain time.Duration) error {
 	if cancel != nil {
 		cancel()
 	}
-	if h.http != nil {
-		sctx, c := context.WithTimeout(ctx, 5*time.Second)
-		_ = h.http.Shutdown(sctx)
-		c()
+	for _, srv := range []*http.Server{h.http, h.admin} {
+		if srv != nil {
+			sctx, c := context.WithTimeout(ctx, 5*time.Second)
+			_ = srv.Shutdown(sctx)
+			c()
+		}
 	}
 	if drain > 0 {
 		dctx, c := context.WithTimeout(ctx, drain)
