@@ -49,6 +49,7 @@ type HostFlags struct {
 	Image      string        `name:"default-image" default:"kohakuriver/vps:latest" help:"Image for new VPSs."`
 	Drain      time.Duration `name:"drain" default:"30s" help:"On SIGTERM, how long SSH sessions may continue before they are closed."`
 	AdminAddr  string        `name:"admin-addr" default:"127.0.0.1:9100" help:"Listen address of /metrics, /healthz and /readyz (no authentication: keep it private); empty disables."`
+	Record     bool          `name:"record-sessions" help:"Record terminal sessions as asciicast files under <data-dir>/recordings."`
 	AuditLog   string        `name:"audit-log" default:"" help:"File for the JSON audit log, one record per SSH session (default <data-dir>/audit.log; '-' for stderr)."`
 }
 
@@ -60,7 +61,7 @@ func (f HostFlags) config(log *slog.Logger) (host.Config, func(), error) {
 	return host.Config{
 		DataDir: f.DataDir, APIAddr: f.APIAddr, SSHAddr: f.SSHAddr, PortHost: f.PortHost,
 		PortMin: f.PortMin, PortMax: f.PortMax, PublicHost: f.PublicHost, DefaultImage: f.Image, Logger: log,
-		AdminAddr: f.AdminAddr, AuditLog: audit,
+		AdminAddr: f.AdminAddr, AuditLog: audit, RecordSessions: f.Record,
 	}, closeAudit, nil
 }
 

@@ -92,11 +92,28 @@ func (c *conn) openPair(nc gossh.NewChannel, other gossh.Conn, from string) {
 		c.recordForward(f)
 	}
 	// Requests from the VPS side carry exit-status and exit-signal.
-	if from == "client" {
-		bridge(ch, reqs, twin, twinReqs, c.noteExit)
-	} else {
-		bridge(twin, twinReqs, ch, reqs, c.noteExit)
+	toVPS, toClient := tap{}, tap{onRequest: c.noteExit}
+	if nc.ChannelType() == "session" && from == "client" {
+		if rec := c.srv.newRecording(c); rec != nil {
+			defer rec.close()
+			toVPS = tap{onRequest: rec.observe, data: rec.input()}
+			toClient.data = rec.output()
+		}
 	}
+	if from == "client" {
+		bridge(ch, reqs, twin, twinReqs, toVPS, toClient)
+	} else {
+		bridge(twin, twinReqs, ch, reqs, toVPS, toClient)
+	}
+}
+
+// tap sees what one direction of a channel pair carries.
+type tap struct {
+	// onRequest observes each request before it is forwarded.
+	onRequest func(*gossh.Request)
+	// data receives a copy of the data and extended data; its Write must
+	// not block for long and its errors are ignored.
+	data io.Writer
 }
 
 // bridge relays one channel pair (down = client side, up = VPS side) until
@@ -106,11 +123,11 @@ func (c *conn) openPair(nc gossh.NewChannel, other gossh.Conn, from string) {
 // arrived (its request channel closed) and both copies reached EOF. That
 // order keeps output that sshd sends after exit-status, and makes
 // `cmd | ssh host sha256sum` exact.
-func bridge(down gossh.Channel, downReqs <-chan *gossh.Request, up gossh.Channel, upReqs <-chan *gossh.Request, onUpReq func(*gossh.Request)) {
+func bridge(down gossh.Channel, downReqs <-chan *gossh.Request, up gossh.Channel, upReqs <-chan *gossh.Request, toVPS, toClient tap) {
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); half(down, downReqs, up, nil) }()
-	go func() { defer wg.Done(); half(up, upReqs, down, onUpReq) }()
+	go func() { defer wg.Done(); half(down, downReqs, up, toVPS) }()
+	go func() { defer wg.Done(); half(up, upReqs, down, toClient) }()
 	wg.Wait()
 }
 
@@ -122,21 +139,25 @@ func copyData(dst io.Writer, src io.Reader) {
 	copyBufs.Put(bp)
 }
 
-func half(src gossh.Channel, srcReqs <-chan *gossh.Request, dst gossh.Channel, observe func(*gossh.Request)) {
+func half(src gossh.Channel, srcReqs <-chan *gossh.Request, dst gossh.Channel, t tap) {
+	var stdout, stderr io.Reader = src, src.Stderr()
+	if t.data != nil {
+		stdout, stderr = io.TeeReader(stdout, t.data), io.TeeReader(stderr, t.data)
+	}
 	dataDone := make(chan struct{})
 	go func() {
 		var wg sync.WaitGroup
 		wg.Add(1)
-		go func() { defer wg.Done(); copyData(dst.Stderr(), src.Stderr()) }()
-		copyData(dst, src)
+		go func() { defer wg.Done(); copyData(dst.Stderr(), stderr) }()
+		copyData(dst, stdout)
 		wg.Wait()
 		// Both streams hit EOF: pass the EOF on (stdin EOF is CloseWrite).
 		_ = dst.CloseWrite()
 		close(dataDone)
 	}()
 	for req := range srcReqs {
-		if observe != nil {
-			observe(req)
+		if t.onRequest != nil {
+			t.onRequest(req)
 		}
 		ok, err := dst.SendRequest(req.Type, req.WantReply, req.Payload)
 		if err != nil {

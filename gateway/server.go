@@ -81,6 +81,8 @@ type Config struct {
 	Throttle ThrottleConfig
 	// Metrics, if set, receives the gateway's Prometheus metrics.
 	Metrics *Metrics
+	// Recording records terminal sessions (off unless Dir is set).
+	Recording RecordingConfig
 	// Audit, if set, receives one record per authenticated connection
 	// (who, which VPS, route, times, bytes, exits, forwards).
 	Audit *slog.Logger

@@ -45,6 +45,9 @@ type Config struct {
 	// AdminAddr serves /metrics, /healthz and /readyz; empty disables it.
 	// It has no authentication: bind it to loopback or a private network.
 	AdminAddr string
+	// RecordSessions records terminal sessions as asciicast files under
+	// DataDir/recordings (see gateway.RecordingConfig).
+	RecordSessions bool
 	// AuditLog, if set, receives one JSON record per SSH session.
 	AuditLog *slog.Logger
 	// DefaultImage for new VPSs (default kohakuriver/vps:latest).
@@ -60,6 +63,7 @@ const (
 	StoreFile        = "state.db"
 	AdminTokenFile   = "admin.token"
 	ClusterTokenFile = "cluster.token"
+	RecordingsDir    = "recordings"
 )
 
 // Host is the running control plane and gateway.
@@ -160,6 +164,7 @@ func (h *Host) build() error {
 	gcfg := gateway.Config{
 		Metrics:     metrics,
 		Audit:       h.cfg.AuditLog,
+		Recording:   h.recording(),
 		Addr:        h.cfg.SSHAddr,
 		PortHost:    h.cfg.PortHost,
 		HostSigners: hostSigners,
@@ -195,6 +200,13 @@ func (h *Host) build() error {
 		return err
 	}
 	return nil
+}
+
+func (h *Host) recording() gateway.RecordingConfig {
+	if !h.cfg.RecordSessions {
+		return gateway.RecordingConfig{}
+	}
+	return gateway.RecordingConfig{Dir: filepath.Join(h.cfg.DataDir, RecordingsDir)}
 }
 
 // writeSecret writes a token file readable only by its owner.
