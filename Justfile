@@ -16,5 +16,9 @@ image:
 bench:
     go test -run '^$' -bench . -benchtime 3x ./gateway/
 
+# Soak: 2,000 concurrent sessions moving checksummed data for 2 minutes.
+soak:
+    ulimit -n 65536; KOHAKURIVER_SOAK_SESSIONS=2000 KOHAKURIVER_SOAK_SECONDS=120 go test -run '^TestSoak$' -count=1 -timeout 30m -v ./gateway/
+
 lint:
     gofmt -l . && go vet ./...

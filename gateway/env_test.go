@@ -387,7 +387,18 @@ func (g *testGateway) port() int { return g.srv.Addr().(*net.TCPAddr).Port }
 // addVPS registers a running VPS served by a fresh sshd.
 func (g *testGateway) addVPS(t testing.TB, name string, sshPort int, keys ...userKey) (store.VPS, *sshd) {
 	t.Helper()
-	d := startSSHD(t, g.ca.PublicKey(), "")
+	return g.addVPSOn(t, name, sshPort, "", keys...)
+}
+
+// addVPSWithConfig is addVPS with extra sshd_config lines.
+func (g *testGateway) addVPSWithConfig(t testing.TB, name, sshdConfig string, keys ...userKey) (store.VPS, *sshd) {
+	t.Helper()
+	return g.addVPSOn(t, name, 0, sshdConfig, keys...)
+}
+
+func (g *testGateway) addVPSOn(t testing.TB, name string, sshPort int, sshdConfig string, keys ...userKey) (store.VPS, *sshd) {
+	t.Helper()
+	d := startSSHD(t, g.ca.PublicKey(), sshdConfig)
 	v := store.VPS{
 		TaskID: store.NewTaskID(), Name: name, Owner: "alice", Node: "node1",
 		Status: store.StatusRunning, SSHPort: sshPort, LoginUser: loginUser(t),
