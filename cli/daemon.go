@@ -20,12 +20,16 @@ import (
 type LogFlags struct {
 	LogLevel  string `name:"log-level" default:"info" enum:"debug,info,warn,error" help:"Log level (${enum})."`
 	LogFormat string `name:"log-format" default:"json" enum:"json,text" help:"Log format (${enum})."`
+
+	// level can change at run time (host --config and SIGHUP).
+	level slog.LevelVar
 }
 
-func (f LogFlags) logger() *slog.Logger {
+func (f *LogFlags) logger() *slog.Logger {
 	var lvl slog.Level
 	_ = lvl.UnmarshalText([]byte(f.LogLevel))
-	opts := &slog.HandlerOptions{Level: lvl}
+	f.level.Set(lvl)
+	opts := &slog.HandlerOptions{Level: &f.level}
 	if f.LogFormat == "text" {
 		return slog.New(slog.NewTextHandler(os.Stderr, opts))
 	}
@@ -50,6 +54,7 @@ type HostFlags struct {
 	Drain      time.Duration `name:"drain" default:"30s" help:"On SIGTERM, how long SSH sessions may continue before they are closed."`
 	AdminAddr  string        `name:"admin-addr" default:"127.0.0.1:9100" help:"Listen address of /metrics, /healthz and /readyz (no authentication: keep it private); empty disables."`
 	Record     bool          `name:"record-sessions" help:"Record terminal sessions as asciicast files under <data-dir>/recordings."`
+	Config     string        `name:"config" type:"existingfile" help:"JSON file of settings reloaded on SIGHUP without dropping sessions: log_level, max_channels, max_forwards, throttle {max_failures, window, ban, allow}."`
 	AuditLog   string        `name:"audit-log" default:"" help:"File for the JSON audit log, one record per SSH session (default <data-dir>/audit.log; '-' for stderr)."`
 }
 
@@ -108,9 +113,41 @@ func (c *HostCmd) Run() error {
 	}
 	fmt.Fprintf(os.Stderr, "kohakuriver host: API on %s, SSH gateway on %s; agents need the token in %s/%s\n",
 		h.APIAddr(), h.SSHAddr(), c.DataDir, host.ClusterTokenFile)
+	reload := func() {
+		if c.Config == "" {
+			log.Info("SIGHUP: no --config file to reload")
+			return
+		}
+		limits, lvl, err := loadHostConfig(c.Config)
+		if err != nil {
+			log.Error("config not reloaded; keeping the previous settings", "err", err)
+			return
+		}
+		if lvl != nil {
+			c.level.Set(*lvl)
+		}
+		h.Reload(limits)
+		log.Info("config reloaded", "path", c.Config)
+	}
+	if c.Config != "" {
+		if _, _, err := loadHostConfig(c.Config); err != nil {
+			h.Close()
+			return err
+		}
+		reload()
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	ctx, stop := signalContext()
 	defer stop()
-	<-ctx.Done()
+	for ctx.Err() == nil {
+		select {
+		case <-hup:
+			reload()
+		case <-ctx.Done():
+		}
+	}
 	log.Info("shutting down", "drain", c.Drain.String())
 	return h.Shutdown(context.Background(), c.Drain)
 }

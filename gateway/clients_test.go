@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -497,4 +498,62 @@ func randomBytes(t testing.TB, n int) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestDbclientExitStatus: dbclient takes the exit status from the
+// exit-status request, and drops a request that comes after the EOF that
+// ended the channel for it. sshd always sends exit-status before EOF; the
+// gateway must keep that order, or dbclient reports 0 for a failed command.
+// The direct case (the same key added to the sshd's authorized_keys) shows
+// dbclient and sshd agree.
+func TestDbclientExitStatus(t *testing.T) {
+	requireTools(t, "dbclient", "dropbearconvert")
+	knownBug(t, "half() forwards EOF before exit-status")
+	const runs = 40
+	g := newTestGateway(t, func(c *Config) { c.Ciphers = CompatCiphers() })
+	key := newUserKey(t)
+	_, d := g.addVPS(t, "dbx", 0, key)
+	f, err := os.OpenFile(filepath.Join(d.dir, "authorized_keys"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = fmt.Fprintln(f, key.auth.Line)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	home := g.dropbearHome(t)
+	// dbclient's known_hosts ignores ports and stops at the first key of the
+	// right type for a name: give the sshd another name.
+	kh, err := os.OpenFile(filepath.Join(home, ".ssh", "known_hosts"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = fmt.Fprintln(kh, "localhost "+d.hostKey)
+	kh.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, sshdPort, _ := net.SplitHostPort(d.addr)
+	dbKey := dropbearKey(t, key)
+	for _, tt := range []struct{ name, dest, port string }{
+		{"direct", loginUser(t) + "@localhost", sshdPort},
+		{"gateway", "dbx@127.0.0.1", strconv.Itoa(g.port())},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			wrong := 0
+			for i := 0; i < runs; i++ {
+				out, errOut, code := runTool(t, []string{"HOME=" + home}, nil, "dbclient", "-i", dbKey, "-p", tt.port, tt.dest, "echo out; exit 3")
+				if out != "out\n" {
+					t.Fatalf("run %d: stdout %q stderr %q status %d", i, out, errOut, code)
+				}
+				if code != 3 {
+					wrong++
+				}
+			}
+			if wrong != 0 {
+				t.Fatalf("dbclient reported the wrong exit status in %d of %d runs", wrong, runs)
+			}
+		})
+	}
 }

@@ -191,7 +191,7 @@ func (c *conn) close(cause error) {
 			c.srv.metrics.authFailed("unauthenticated")
 			if c.srv.throttle.fail(c.remote) {
 				c.log.Warn("source banned after repeated failed logins", "remote_addr", c.remote.String(),
-					"ban", c.srv.throttle.cfg.Ban.String())
+					"ban", c.srv.throttle.banDuration().String())
 			}
 		}
 		c.logSummary(cause)

@@ -151,3 +151,34 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestReloadLimits: new limits apply to the next channel of a live
+// connection, and open channels are untouched.
+func TestReloadLimits(t *testing.T) {
+	g := newTestGateway(t, func(c *Config) { c.MaxChannels = 2 })
+	key := newUserKey(t)
+	g.addVPS(t, "reload", 0, key)
+	target := echoServer(t)
+	client := dialGo(t, g, key, "reload")
+	var open []net.Conn
+	for i := 0; i < 2; i++ {
+		c, err := client.Dial("tcp", target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, c)
+	}
+	if _, err := client.Dial("tcp", target); err == nil || !strings.Contains(err.Error(), "limit 2") {
+		t.Fatalf("third channel: %v, want the limit refusal", err)
+	}
+	g.srv.Reload(Limits{MaxChannels: 3})
+	c, err := client.Dial("tcp", target)
+	if err != nil {
+		t.Fatalf("after reload: %v", err)
+	}
+	open = append(open, c)
+	for _, c := range open {
+		expectEcho(t, func() (net.Conn, error) { return c, nil })
+		c.Close()
+	}
+}

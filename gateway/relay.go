@@ -59,10 +59,11 @@ func (c *conn) relayUpstreamChannels(chans <-chan gossh.NewChannel) {
 // failed inside the VPS, agent forwarding not requested...) reaches the
 // opener with the other side's reason and message.
 func (c *conn) openPair(nc gossh.NewChannel, other gossh.Conn, from string) {
-	if int(c.channels.Add(1)) > c.srv.cfg.MaxChannels {
+	limit := c.srv.limits().MaxChannels
+	if int(c.channels.Add(1)) > limit {
 		c.channels.Add(-1)
-		c.log.Warn("channel refused: limit reached", "type", nc.ChannelType(), "from", from, "limit", c.srv.cfg.MaxChannels)
-		_ = nc.Reject(gossh.ResourceShortage, fmt.Sprintf("kohakuriver: too many channels on this connection (limit %d)", c.srv.cfg.MaxChannels))
+		c.log.Warn("channel refused: limit reached", "type", nc.ChannelType(), "from", from, "limit", limit)
+		_ = nc.Reject(gossh.ResourceShortage, fmt.Sprintf("kohakuriver: too many channels on this connection (limit %d)", limit))
 		return
 	}
 	defer c.channels.Add(-1)
@@ -249,9 +250,9 @@ func (s *Server) handleGlobalRequest(ctx gliderssh.Context, _ *gliderssh.Server,
 	case reqHostKeysProve:
 		return false, nil
 	case "tcpip-forward", "streamlocal-forward@openssh.com":
-		if int(c.forwards.Add(1)) > s.cfg.MaxForwards {
+		if limit := s.limits().MaxForwards; int(c.forwards.Add(1)) > limit {
 			c.forwards.Add(-1)
-			c.log.Warn("forward refused: limit reached", "limit", s.cfg.MaxForwards)
+			c.log.Warn("forward refused: limit reached", "limit", limit)
 			return false, nil
 		}
 		c.recordForward(describeForward(req.Type, req.Payload))

@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	gliderssh "github.com/gliderlabs/ssh"
@@ -152,6 +153,8 @@ type Server struct {
 	connSlots chan struct{}
 	throttle  *throttle
 	metrics   *Metrics
+	// live holds the settings Reload may change; read with limits().
+	live atomic.Pointer[Limits]
 
 	// mu guards the fields below. Lock order: mu before any conn's mu.
 	mu        sync.Mutex
@@ -181,6 +184,7 @@ func New(cfg Config) (*Server, error) {
 		throttle:  newThrottle(cfg.Throttle),
 		metrics:   cfg.Metrics,
 	}
+	s.live.Store(&Limits{MaxChannels: cfg.MaxChannels, MaxForwards: cfg.MaxForwards, Throttle: cfg.Throttle})
 	hostSigners := make([]gliderssh.Signer, 0, len(cfg.HostSigners))
 	for _, hs := range cfg.HostSigners {
 		hostSigners = append(hostSigners, hs)
@@ -202,6 +206,31 @@ func New(cfg Config) (*Server, error) {
 	}
 	return s, nil
 }
+
+// Limits are the settings that can change while the gateway runs (the host
+// reloads them on SIGHUP). Zero values take the defaults of Config.
+type Limits struct {
+	MaxChannels int
+	MaxForwards int
+	Throttle    ThrottleConfig
+}
+
+// Reload applies new limits. Connections and sessions stay up; a lower
+// channel or forward limit applies to the next open.
+func (s *Server) Reload(l Limits) {
+	if l.MaxChannels <= 0 {
+		l.MaxChannels = 256
+	}
+	if l.MaxForwards <= 0 {
+		l.MaxForwards = 64
+	}
+	s.live.Store(&l)
+	s.throttle.setConfig(l.Throttle)
+	s.log.Info("limits reloaded", "max_channels", l.MaxChannels, "max_forwards", l.MaxForwards,
+		"throttle_max_failures", l.Throttle.MaxFailures)
+}
+
+func (s *Server) limits() *Limits { return s.live.Load() }
 
 // Listen binds the main port, opens the per-VPS port listeners and starts
 // serving in the background.

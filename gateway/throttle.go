@@ -26,10 +26,10 @@ type ThrottleConfig struct {
 const maxThrottleEntries = 100_000
 
 type throttle struct {
-	cfg ThrottleConfig
 	now func() time.Time
 
 	mu      sync.Mutex
+	cfg     ThrottleConfig // replaced by setConfig on reload
 	sources map[netip.Addr]*sourceState
 }
 
@@ -40,6 +40,23 @@ type sourceState struct {
 }
 
 func newThrottle(cfg ThrottleConfig) *throttle {
+	return &throttle{cfg: cfg.withDefaults(), now: time.Now, sources: map[netip.Addr]*sourceState{}}
+}
+
+// setConfig changes the rules; bans and counts in progress are kept.
+func (t *throttle) setConfig(cfg ThrottleConfig) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.cfg = cfg.withDefaults()
+}
+
+func (t *throttle) banDuration() time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.cfg.Ban
+}
+
+func (cfg ThrottleConfig) withDefaults() ThrottleConfig {
 	if cfg.MaxFailures == 0 {
 		cfg.MaxFailures = 20
 	}
@@ -49,7 +66,7 @@ func newThrottle(cfg ThrottleConfig) *throttle {
 	if cfg.Ban <= 0 {
 		cfg.Ban = 5 * time.Minute
 	}
-	return &throttle{cfg: cfg, now: time.Now, sources: map[netip.Addr]*sourceState{}}
+	return cfg
 }
 
 func sourceAddr(a net.Addr) (netip.Addr, bool) {
@@ -61,7 +78,8 @@ func sourceAddr(a net.Addr) (netip.Addr, bool) {
 	return ip.Unmap(), ok
 }
 
-func (t *throttle) allowed(ip netip.Addr) bool {
+// allowedLocked reports whether ip is on the allowlist; t.mu is held.
+func (t *throttle) allowedLocked(ip netip.Addr) bool {
 	for _, p := range t.cfg.Allow {
 		if p.Contains(ip) {
 			return true
@@ -72,31 +90,31 @@ func (t *throttle) allowed(ip netip.Addr) bool {
 
 // banned reports whether connections from a should be refused now.
 func (t *throttle) banned(a net.Addr) bool {
-	if t.cfg.MaxFailures < 0 {
-		return false
-	}
 	ip, ok := sourceAddr(a)
-	if !ok || t.allowed(ip) {
+	if !ok {
 		return false
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.cfg.MaxFailures < 0 || t.allowedLocked(ip) {
+		return false
+	}
 	st := t.sources[ip]
 	return st != nil && t.now().Before(st.bannedUntil)
 }
 
 // fail records a failed login from a and reports whether it is now banned.
 func (t *throttle) fail(a net.Addr) bool {
-	if t.cfg.MaxFailures < 0 {
-		return false
-	}
 	ip, ok := sourceAddr(a)
-	if !ok || t.allowed(ip) {
+	if !ok {
 		return false
 	}
 	now := t.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.cfg.MaxFailures < 0 || t.allowedLocked(ip) {
+		return false
+	}
 	st := t.sources[ip]
 	if st == nil {
 		if len(t.sources) >= maxThrottleEntries {

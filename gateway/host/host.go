@@ -280,6 +280,9 @@ func (h *Host) AdminAddr() net.Addr {
 // SSHAddr is the gateway's main listener address.
 func (h *Host) SSHAddr() net.Addr { return h.gw.Addr() }
 
+// Reload applies new gateway limits without dropping sessions.
+func (h *Host) Reload(l gateway.Limits) { h.gw.Reload(l) }
+
 // Gateway exposes the SSH gateway (for tests and metrics).
 func (h *Host) Gateway() *gateway.Server { return h.gw }
 
