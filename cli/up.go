@@ -2,9 +2,6 @@ package cli
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -164,13 +161,21 @@ func (c *UpCmd) ensureDemo(ctx context.Context, client *api.Client) (store.VPS, 
 		}
 		return v, keyPath, nil
 	}
-	keys, err := findPublicKeys()
+	home, err := os.UserHomeDir()
 	if err != nil {
 		return store.VPS{}, "", err
 	}
+	found, err := findPublicKeys(home)
+	if err != nil {
+		return store.VPS{}, "", err
+	}
+	var keys []string
+	for _, k := range found {
+		keys = append(keys, k.Line)
+	}
 	if len(keys) == 0 {
 		keyPath = demoKeyPath()
-		line, err := generateKeyPair(keyPath)
+		line, err := generateKeyPair(keyPath, "")
 		if err != nil {
 			return store.VPS{}, "", err
 		}
@@ -185,57 +190,6 @@ func (c *UpCmd) ensureDemo(ctx context.Context, client *api.Client) (store.VPS, 
 func demoKeyPath() string {
 	home, _ := os.UserHomeDir()
 	return filepath.Join(home, ".ssh", "kohakuriver_demo")
-}
-
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
-
-// findPublicKeys returns the contents of ~/.ssh/id_*.pub.
-func findPublicKeys() ([]string, error) {
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return nil, err
-	}
-	paths, _ := filepath.Glob(filepath.Join(home, ".ssh", "id_*.pub"))
-	var keys []string
-	for _, p := range paths {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return nil, err
-		}
-		if k, err := store.ParseAuthorizedKey(strings.TrimSpace(string(b))); err == nil {
-			keys = append(keys, k.Line)
-		}
-	}
-	return keys, nil
-}
-
-// generateKeyPair writes a new ed25519 key (0600) and its .pub (0644) and
-// returns the public line. The private key never leaves this machine.
-func generateKeyPair(path string) (string, error) {
-	if fileExists(path) {
-		return "", fmt.Errorf("%s already exists; pass another path or remove it", path)
-	}
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return "", err
-	}
-	comment := "kohakuriver-" + filepath.Base(path)
-	block, err := gossh.MarshalPrivateKey(priv, comment)
-	if err != nil {
-		return "", err
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return "", err
-	}
-	if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
-		return "", err
-	}
-	sshPub, _ := gossh.NewPublicKey(pub)
-	line := strings.TrimSpace(string(gossh.MarshalAuthorizedKey(sshPub))) + " " + comment
-	if err := os.WriteFile(path+".pub", []byte(line+"\n"), 0o644); err != nil {
-		return "", err
-	}
-	return line, nil
 }
 
 // writeKnownHosts pins the gateway's host keys for its main port and the
