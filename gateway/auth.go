@@ -134,10 +134,11 @@ func (s *Server) admit(kind routeKind, v store.VPS, login, fp string) (route, er
 	if login == "" {
 		login = store.DefaultLoginUser
 	}
-	if v.KeyMode == store.KeyModeNone {
+	if v.KeyMode == store.KeyModeNone && len(v.Keys) == 0 {
 		// No banner: the client goes on to keyboard-interactive, which
-		// relays the VPS's own authentication (interactive.go).
-		return route{}, errors.New("vps was made without keys")
+		// relays the VPS's own authentication (interactive.go). Keys added
+		// later are honoured like any others.
+		return route{}, errors.New("vps has no keys")
 	}
 	if !v.HasKey(fp) {
 		// Same words as for a VPS that does not exist: a refusal must not
