@@ -14,5 +14,16 @@ go vet ./...
 echo "== go test"
 go test -count=1 -timeout 30m ./...
 echo "== fuzz (short)"
-fuzz() { go test -run '^$' -fuzz "^$1\$" -fuzztime "${FUZZTIME:-10s}" "$2"; }
+fuzz() { go test -run '^$' -fuzz "^$1\$" -fuzztime "${FUZZTIME:-8s}" "$2"; }
+# Every parser that sees client input: routing names, authorized_keys lines,
+# stored records, API and agent request bodies, the relay handshake.
 fuzz FuzzParseTarget ./gateway/
+fuzz FuzzParseAuthorizedKey ./store/
+fuzz FuzzDecodeVPS ./store/embedded/
+fuzz FuzzCreateVPSRequest ./gateway/api/
+fuzz FuzzKeysRequest ./gateway/api/
+fuzz FuzzExecRequest ./gateway/api/
+fuzz FuzzAgentReport ./gateway/api/
+fuzz FuzzRelayHandshake ./agent/relay/
+fuzz FuzzVerify ./agent/clusterauth/
+echo "== all tests and fuzzing passed"
