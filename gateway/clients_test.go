@@ -15,7 +15,8 @@ package gateway
 //
 // The Go client's tests of the relay itself live next to what they
 // exercise: many channels and abrupt disconnects in upstreams_test.go (one
-// hop per client connection), the channel and forward limits in
+// hop per client connection), the channel limit in requests_test.go, the
+// forward limit in x11_test.go; dbclient's exit status race in
 // requests_test.go.
 
 import (
@@ -28,7 +29,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -95,8 +95,15 @@ func mustRun(t testing.TB, env []string, name string, args ...string) string {
 func puttyKey(t testing.TB, key userKey) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "key.ppk")
-	mustRun(t, nil, "puttygen", key.path, "-O", "private", "-o", out)
+	mustRun(t, puttyEnv(t), "puttygen", key.path, "-O", "private", "-o", out)
 	return out
+}
+
+// puttyEnv keeps PuTTY's state (puttygen's and plink's random seed, in the
+// login user's ~/.putty otherwise, whatever HOME says) in a temporary
+// directory.
+func puttyEnv(t testing.TB) []string {
+	return []string{"PUTTYDIR=" + t.TempDir(), "HOME=" + t.TempDir()}
 }
 
 // dropbearKey converts the OpenSSH-format key to Dropbear's format.
@@ -158,8 +165,7 @@ var thirdPartyClients = []thirdPartyClient{
 			for _, fp := range g.gatewayFingerprints() {
 				args = append(args, "-hostkey", fp)
 			}
-			// HOME: PuTTY keeps its state in ~/.putty; keep it out of the real one.
-			return []string{"HOME=" + t.TempDir()}, "plink", append(args, user+"@127.0.0.1", cmd)
+			return puttyEnv(t), "plink", append(args, user+"@127.0.0.1", cmd)
 		},
 	},
 	{
@@ -228,7 +234,7 @@ func TestPSCPRoundTrip(t *testing.T) {
 	for _, fp := range g.gatewayFingerprints() {
 		base = append(base, "-hostkey", fp)
 	}
-	env := []string{"HOME=" + t.TempDir()}
+	env := puttyEnv(t)
 	remoteDir := t.TempDir() // the test sshd shares this machine's filesystem
 	for _, mode := range []string{"-scp", "-sftp"} {
 		t.Run(mode, func(t *testing.T) {
@@ -505,62 +511,4 @@ func randomBytes(t testing.TB, n int) []byte {
 		t.Fatal(err)
 	}
 	return b
-}
-
-// TestDbclientExitStatus: dbclient takes the exit status from the
-// exit-status request, and drops a request that comes after the EOF that
-// ended the channel for it. sshd always sends exit-status before EOF; the
-// gateway must keep that order, or dbclient reports 0 for a failed command.
-// The direct case (the same key added to the sshd's authorized_keys) shows
-// dbclient and sshd agree.
-func TestDbclientExitStatus(t *testing.T) {
-	requireTools(t, "dbclient", "dropbearconvert")
-	knownBug(t, "half() forwards EOF before exit-status")
-	const runs = 25
-	g := newTestGateway(t, func(c *Config) { c.Ciphers = CompatCiphers() })
-	key := newUserKey(t)
-	_, d := g.addVPS(t, "dbx", 0, key)
-	f, err := os.OpenFile(filepath.Join(d.dir, "authorized_keys"), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = fmt.Fprintln(f, key.auth.Line)
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	home := g.dropbearHome(t)
-	// dbclient's known_hosts ignores ports and stops at the first key of the
-	// right type for a name: give the sshd another name.
-	kh, err := os.OpenFile(filepath.Join(home, ".ssh", "known_hosts"), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = fmt.Fprintln(kh, "localhost "+d.hostKey)
-	kh.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, sshdPort, _ := net.SplitHostPort(d.addr)
-	dbKey := dropbearKey(t, key)
-	for _, tt := range []struct{ name, dest, port string }{
-		{"direct", loginUser(t) + "@localhost", sshdPort},
-		{"gateway", "dbx@127.0.0.1", strconv.Itoa(g.port())},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			wrong := 0
-			for i := 0; i < runs; i++ {
-				out, errOut, code := runTool(t, []string{"HOME=" + home}, nil, "dbclient", "-i", dbKey, "-p", tt.port, tt.dest, "echo out; exit 3")
-				if out != "out\n" {
-					t.Fatalf("run %d: stdout %q stderr %q status %d", i, out, errOut, code)
-				}
-				if code != 3 {
-					wrong++
-				}
-			}
-			if wrong != 0 {
-				t.Fatalf("dbclient reported the wrong exit status in %d of %d runs", wrong, runs)
-			}
-		})
-	}
 }

@@ -62,6 +62,8 @@ type conn struct {
 
 	// Set by startHop before hopDone is closed; read-only after.
 	hopDone chan struct{}
+	// hopLost is closed when the hop's socket failed (set with up).
+	hopLost <-chan struct{}
 	up      *upstream
 	hopErr  error
 

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"time"
 
 	gossh "golang.org/x/crypto/ssh"
@@ -21,6 +22,8 @@ type upstream struct {
 	client gossh.Conn
 	chans  <-chan gossh.NewChannel
 	reqs   <-chan *gossh.Request
+	// lost is closed when reading the hop's socket failed.
+	lost <-chan struct{}
 }
 
 // startHop dials the VPS and then relays until either side ends. It runs
@@ -36,6 +39,9 @@ func (c *conn) startHop() {
 // what the VPS initiates.
 func (c *conn) finishHop(up *upstream, err error) {
 	c.up, c.hopErr = up, err
+	if up != nil {
+		c.hopLost = up.lost
+	}
 	close(c.hopDone)
 	if err != nil {
 		c.log.Warn("hop failed", "err", err)
@@ -50,6 +56,24 @@ func (c *conn) finishHop(up *upstream, err error) {
 		c.waitPipes(5 * time.Second)
 		c.close(fmt.Errorf("vps connection ended: %w", err))
 	}()
+}
+
+// lossConn wraps the hop's byte stream and closes lost when a read fails:
+// x/crypto reads the socket, sees the error, and only then ends every
+// channel with EOF, so a channel that ends can tell a VPS that went away
+// from one that finished.
+type lossConn struct {
+	net.Conn
+	once sync.Once
+	lost chan struct{}
+}
+
+func (lc *lossConn) Read(p []byte) (int, error) {
+	n, err := lc.Conn.Read(p)
+	if err != nil {
+		lc.once.Do(func() { close(lc.lost) })
+	}
+	return n, err
 }
 
 // waitHop blocks until the hop is up or failed, or the conn ends.
@@ -145,13 +169,14 @@ func (s *Server) dialVPS(ctx context.Context, v store.VPS) (store.VPS, []gossh.P
 // pinned host key, and the gateway logs in as login with auth.
 func (s *Server) handshake(ctx context.Context, nc net.Conn, v store.VPS, pinned []gossh.PublicKey, login string, auth ...gossh.AuthMethod) (*upstream, error) {
 	ref := v.Ref()
+	lost := &lossConn{Conn: nc, lost: make(chan struct{})}
 	// NewClientConn has no timeout of its own: bound the handshake with a
 	// deadline on the socket, cleared once the connection is up.
 	if dl, ok := ctx.Deadline(); ok {
 		_ = nc.SetDeadline(dl)
 	}
 	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
-	cc, chans, reqs, err := gossh.NewClientConn(nc, "vps-"+v.TaskID, &gossh.ClientConfig{
+	cc, chans, reqs, err := gossh.NewClientConn(lost, "vps-"+v.TaskID, &gossh.ClientConfig{
 		User:              login,
 		Auth:              auth,
 		HostKeyCallback:   pinnedHostKey(pinned),
@@ -172,7 +197,7 @@ func (s *Server) handshake(ctx context.Context, nc net.Conn, v store.VPS, pinned
 		}
 	}
 	_ = nc.SetDeadline(time.Time{})
-	return &upstream{client: cc, chans: chans, reqs: reqs}, nil
+	return &upstream{client: cc, chans: chans, reqs: reqs, lost: lost.lost}, nil
 }
 
 // hopCertificate makes a fresh key and a short-lived user certificate for it,

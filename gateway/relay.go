@@ -7,6 +7,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	gliderssh "github.com/gliderlabs/ssh"
@@ -95,6 +96,7 @@ func (c *conn) openPair(nc gossh.NewChannel, other gossh.Conn, from string) {
 	// Requests from the VPS side carry exit-status and exit-signal.
 	toVPS, toClient := tap{}, tap{onRequest: c.noteExit}
 	if nc.ChannelType() == "session" && from == "client" {
+		c.explainLostVPS(&toClient)
 		if rec := c.srv.newRecording(c); rec != nil {
 			defer rec.close()
 			toVPS = tap{onRequest: rec.observe, data: rec.input()}
@@ -115,6 +117,44 @@ type tap struct {
 	// data receives a copy of the data and extended data; its Write must
 	// not block for long and its errors are ignored.
 	data io.Writer
+	// beforeEOF runs when the source's data ended, before EOF is passed
+	// on; beforeClose runs after the source closed, before the destination
+	// is closed.
+	beforeEOF, beforeClose func(dst gossh.Channel)
+}
+
+// explainLostVPS makes a session whose VPS connection died (container
+// killed, node gone) end with a reason on stderr and exit status 255
+// rather than a bare close. The reason must precede EOF (no data may follow
+// it), so it keys on the hop's transport having failed, which is known
+// before x/crypto ends the channels (see lossConn).
+func (c *conn) explainLostVPS(t *tap) {
+	var exited, explained atomic.Bool
+	t.onRequest = func(req *gossh.Request) {
+		if req.Type == "exit-status" || req.Type == "exit-signal" {
+			exited.Store(true)
+		}
+		c.noteExit(req)
+	}
+	t.beforeEOF = func(dst gossh.Channel) {
+		select {
+		case <-c.hopLost:
+		default:
+			return
+		}
+		if exited.Load() {
+			return
+		}
+		explained.Store(true)
+		ref := c.route.vps.Ref()
+		msg := userMessage(userErrorf(nil, "the connection to VPS %s was lost (its container stopped or its node went away); check `kohakuriver vps status %s`", ref, ref), c.id)
+		_, _ = io.WriteString(dst.Stderr(), msg+"\r\n")
+	}
+	t.beforeClose = func(dst gossh.Channel) {
+		if explained.Load() && !exited.Load() {
+			_, _ = dst.SendRequest("exit-status", false, binary.BigEndian.AppendUint32(nil, 255))
+		}
+	}
 }
 
 // bridge relays one channel pair (down = client side, up = VPS side) until
@@ -152,6 +192,9 @@ func half(src gossh.Channel, srcReqs <-chan *gossh.Request, dst gossh.Channel, t
 		go func() { defer wg.Done(); copyData(dst.Stderr(), stderr) }()
 		copyData(dst, stdout)
 		wg.Wait()
+		if t.beforeEOF != nil {
+			t.beforeEOF(dst)
+		}
 		// Both streams hit EOF: pass the EOF on (stdin EOF is CloseWrite).
 		_ = dst.CloseWrite()
 		close(dataDone)
@@ -169,6 +212,9 @@ func half(src gossh.Channel, srcReqs <-chan *gossh.Request, dst gossh.Channel, t
 		}
 	}
 	<-dataDone
+	if t.beforeClose != nil {
+		t.beforeClose(dst)
+	}
 	_ = dst.Close()
 }
 

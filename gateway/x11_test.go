@@ -1,8 +1,10 @@
 package gateway
 
-// X11 forwarding end to end: the OpenSSH client with -Y through the gateway
-// to a real sshd, an X11 client on the VPS side, and a fake X server on the
-// client side. Assumes xauth and python3 besides OpenSSH.
+// Channels the VPS opens toward the client. X11 forwarding end to end: the
+// OpenSSH client with -Y through the gateway to a real sshd, an X11 client on
+// the VPS side, and a fake X server on the client side. Remote forwards
+// (tcpip-forward, answered by forwarded-tcpip channels) and their
+// per-connection limit. Assumes xauth and python3 besides OpenSSH.
 
 import (
 	"bytes"
@@ -19,6 +21,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	gossh "golang.org/x/crypto/ssh"
 )
 
 // x11Marker is what the X11 client sends after its connection setup.
@@ -185,5 +189,117 @@ func TestX11Forwarding(t *testing.T) {
 	}
 	if remoteCookie == "" || remoteCookie == hex.EncodeToString(cookie) {
 		t.Fatalf("the VPS saw cookie %q: it must see a stand-in, never the real one", remoteCookie)
+	}
+}
+
+func TestForwardLimit(t *testing.T) {
+	g := newTestGateway(t, func(c *Config) { c.MaxForwards = 3 })
+	key := newUserKey(t)
+	g.addVPS(t, "flim", 0, key)
+	client := dialGo(t, g, key, "flim")
+	var lns []net.Listener
+	for i := 0; i < 3; i++ {
+		l, err := client.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("forward %d: %v", i+1, err)
+		}
+		lns = append(lns, l)
+	}
+	if l, err := client.Listen("tcp", "127.0.0.1:0"); err == nil {
+		l.Close()
+		t.Fatal("a 4th forward was granted with MaxForwards 3")
+	}
+	if err := lns[0].Close(); err != nil { // cancel-tcpip-forward, answered
+		t.Fatal(err)
+	}
+	l, err := client.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("forward after a cancel: %v", err)
+	}
+	defer l.Close()
+	// It carries traffic: the VPS's listener (this host's loopback) comes
+	// back to the client as a forwarded-tcpip channel.
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			_, _ = io.Copy(c, c)
+			c.Close()
+		}
+	}()
+	expectEchoRaw(t, l.Addr().String())
+}
+
+// expectEchoRaw checks that addr echoes bytes back.
+func expectEchoRaw(t testing.TB, addr string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(15 * time.Second))
+	if _, err := c.Write([]byte("ping\n")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping\n" {
+		t.Fatalf("echo through the forward: %q %v", buf, err)
+	}
+}
+
+// TestForwardLimitCountsGrantedForwards: a forward the VPS refuses (its port
+// is taken) must not use up the limit, or a few refusals lock the user out of
+// -R for the rest of the connection, where a direct login would work.
+func TestForwardLimitCountsGrantedForwards(t *testing.T) {
+	knownBug(t, "handleGlobalRequest counts refused tcpip-forward requests")
+	g := newTestGateway(t, func(c *Config) { c.MaxForwards = 2 })
+	key := newUserKey(t)
+	g.addVPS(t, "fref", 0, key)
+	client := dialGo(t, g, key, "fref")
+	taken, err := net.Listen("tcp", "127.0.0.1:0") // the VPS shares this loopback
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	for i := 0; i < 3; i++ {
+		if l, err := client.Listen("tcp", taken.Addr().String()); err == nil {
+			l.Close()
+			t.Fatal("the VPS granted a forward on a port in use")
+		}
+	}
+	l, err := client.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("first granted forward refused after 3 refused ones: %v", err)
+	}
+	l.Close()
+}
+
+// TestForwardLimitNotBypassedByCancel: cancelling forwards that were never
+// granted must not raise the limit.
+func TestForwardLimitNotBypassedByCancel(t *testing.T) {
+	knownBug(t, "handleGlobalRequest decrements the forward count for refused cancels")
+	g := newTestGateway(t, func(c *Config) { c.MaxForwards = 2 })
+	key := newUserKey(t)
+	g.addVPS(t, "fcancel", 0, key)
+	client := dialGo(t, g, key, "fcancel")
+	for i := 0; i < 3; i++ {
+		payload := gossh.Marshal(struct {
+			Host string
+			Port uint32
+		}{"127.0.0.1", uint32(1000 + i)})
+		if ok, _, err := client.SendRequest("cancel-tcpip-forward", true, payload); ok || err != nil {
+			t.Fatalf("cancel of a forward never made: ok=%v err=%v", ok, err)
+		}
+	}
+	granted := 0
+	for i := 0; i < 4; i++ {
+		l, err := client.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			break
+		}
+		defer l.Close()
+		granted++
+	}
+	if granted != 2 {
+		t.Fatalf("%d forwards granted with MaxForwards 2", granted)
 	}
 }

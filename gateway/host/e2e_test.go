@@ -238,13 +238,20 @@ func newUserKey(t *testing.T) userKey {
 // and the exit status.
 func (c *cluster) ssh(key userKey, port int, user string, stdin string, cmd ...string) (string, string, int) {
 	c.t.Helper()
+	return c.sshOpts(key, port, user, stdin, nil, cmd...)
+}
+
+// sshOpts is ssh with extra client options before the destination.
+func (c *cluster) sshOpts(key userKey, port int, user string, stdin string, opts []string, cmd ...string) (string, string, int) {
+	c.t.Helper()
 	if port == 0 {
 		port = c.host.SSHAddr().(*net.TCPAddr).Port
 	}
 	args := []string{"-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
 		"-o", "UserKnownHostsFile=" + c.known, "-o", "GlobalKnownHostsFile=/dev/null",
 		"-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "ConnectTimeout=30",
-		"-i", key.path, "-p", strconv.Itoa(port), user + "@127.0.0.1"}
+		"-i", key.path, "-p", strconv.Itoa(port)}
+	args = append(append(args, opts...), user+"@127.0.0.1")
 	args = append(args, cmd...)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -1,0 +1,234 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// chunkSize is what the generator writes to ssh's stdin per call.
+const chunkSize = 1 << 20
+
+// payload is one random chunk, written over and over: the ciphers do not
+// care about content, and no file of -size bytes is ever made.
+var payload = sync.OnceValue(func() []byte {
+	b := make([]byte, chunkSize)
+	_, _ = rand.Read(b)
+	return b
+})
+
+// uploadResult is one timed upload.
+type uploadResult struct {
+	MBps       float64 `json:"mb_per_s"` // 10^6 bytes per second
+	Seconds    float64 `json:"seconds"`
+	CPUSeconds float64 `json:"cpu_seconds"` // this process, utime+stime
+	CPUPerGiB  float64 `json:"cpu_core_s_per_gib"`
+}
+
+// upload streams size bytes into `cat > /dev/null` in the VPS through path
+// p. The clock starts when the first chunk has been taken by ssh (so after
+// connect and authentication) and stops when ssh exits, which is after cat
+// read EOF and the exit status came back. The CPU figure covers the whole
+// run, connect included.
+func upload(ctx context.Context, e *env, cfg string, p path, size int64) (uploadResult, error) {
+	// Bounded: even at 5 MB/s the upload ends in time.
+	ctx, cancel := context.WithTimeout(ctx, time.Minute+time.Duration(size/5e6)*time.Second)
+	defer cancel()
+	args := append([]string{"-F", cfg}, p.args...)
+	cmd := exec.CommandContext(ctx, "ssh", append(args, "cat > /dev/null")...)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return uploadResult{}, err
+	}
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	buf := payload()
+	cpu0, err := procCPU()
+	if err != nil {
+		return uploadResult{}, err
+	}
+	if err := cmd.Start(); err != nil {
+		return uploadResult{}, err
+	}
+	var (
+		t0      time.Time
+		timed   int64 // bytes written after t0
+		written int64
+		werr    error
+	)
+	for written < size {
+		n := min(int64(len(buf)), size-written)
+		if _, werr = stdin.Write(buf[:n]); werr != nil {
+			break
+		}
+		written += n
+		if t0.IsZero() {
+			t0 = time.Now()
+		} else {
+			timed += n
+		}
+	}
+	stdin.Close()
+	err = cmd.Wait()
+	t1 := time.Now()
+	cpu1, cerr := procCPU()
+	switch {
+	case err != nil:
+		return uploadResult{}, fmt.Errorf("upload via %s: %w: %s", p.name, err, strings.TrimSpace(errb.String()))
+	case werr != nil:
+		return uploadResult{}, fmt.Errorf("upload via %s: write after %d bytes: %w", p.name, written, werr)
+	case cerr != nil:
+		return uploadResult{}, cerr
+	}
+	secs := t1.Sub(t0).Seconds()
+	cpu := cpu1 - cpu0
+	return uploadResult{
+		MBps:       float64(timed) / secs / 1e6,
+		Seconds:    secs,
+		CPUSeconds: cpu,
+		CPUPerGiB:  cpu / (float64(size) / (1 << 30)),
+	}, nil
+}
+
+// connectTrue times `ssh ... true`: process start to exit, so TCP connect,
+// key exchange, authentication, the hop (for C) and session setup.
+func connectTrue(ctx context.Context, e *env, p path) (time.Duration, error) {
+	start := time.Now()
+	if _, err := sshRun(ctx, e.cfgDefault, p, time.Minute, "true"); err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
+}
+
+// connectMedian is the median of n connect + true samples, in ms.
+func connectMedian(ctx context.Context, e *env, p path, n int) (float64, error) {
+	var ms []float64
+	for range n {
+		d, err := connectTrue(ctx, e, p)
+		if err != nil {
+			return 0, err
+		}
+		ms = append(ms, float64(d.Microseconds())/1000)
+	}
+	return median(ms), nil
+}
+
+// runRounds runs the interleaved rounds: in each, every measure visits A,
+// B and C in turn.
+func runRounds(ctx context.Context, e *env, o options, res *Results) error {
+	ciphers := []struct {
+		name, cfg string
+	}{{cipherDefault, e.cfgDefault}, {cipherGCM, e.cfgGCM}}
+	for r := 1; r <= o.rounds; r++ {
+		rd := Round{N: r, Upload: map[string]map[string]uploadResult{}, ConnectMs: map[string]float64{}}
+		var line strings.Builder
+		fmt.Fprintf(&line, "round %d:", r)
+		if o.only[measureUpload] {
+			for _, c := range ciphers {
+				rd.Upload[c.name] = map[string]uploadResult{}
+				fmt.Fprintf(&line, " | %s MB/s", c.name)
+				for _, p := range e.paths() {
+					u, err := upload(ctx, e, c.cfg, p, o.size)
+					if err != nil {
+						return err
+					}
+					rd.Upload[c.name][p.name] = u
+					fmt.Fprintf(&line, " %s %.0f", p.name, u.MBps)
+				}
+				fmt.Fprintf(&line, " (C cpu %.2f core-s/GiB)", rd.Upload[c.name]["C"].CPUPerGiB)
+			}
+		}
+		if o.only[measureConnect] {
+			fmt.Fprintf(&line, " | connect+true ms")
+			for _, p := range e.paths() {
+				ms, err := connectMedian(ctx, e, p, o.latencyN)
+				if err != nil {
+					return err
+				}
+				rd.ConnectMs[p.name] = ms
+				fmt.Fprintf(&line, " %s %.0f", p.name, ms)
+			}
+		}
+		fmt.Println(line.String())
+		res.Rounds = append(res.Rounds, rd)
+	}
+	return nil
+}
+
+// procCPU returns this process's user + system CPU seconds from
+// /proc/self/stat (fields 14 and 15, in clock ticks).
+func procCPU() (float64, error) {
+	data, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces: count from after ')'.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0, errors.New("/proc/self/stat: unexpected format")
+	}
+	f := strings.Fields(string(data[i+1:]))
+	// f[0] is field 3 (state); utime is field 14, stime field 15.
+	if len(f) < 13 {
+		return 0, errors.New("/proc/self/stat: too few fields")
+	}
+	ut, err1 := strconv.ParseUint(f[11], 10, 64)
+	st, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, errors.New("/proc/self/stat: bad utime/stime")
+	}
+	return float64(ut+st) / clockTicks, nil
+}
+
+// clockTicks is USER_HZ, 100 on every Linux architecture Go supports.
+const clockTicks = 100
+
+// vmRSS returns the VmRSS line of /proc/self/status in bytes.
+func vmRSS() (int64, error) { return statusField("/proc/self/status", "VmRSS:") }
+
+func statusField(file, key string) (int64, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(l, key) {
+			f := strings.Fields(l[len(key):])
+			if len(f) >= 1 {
+				kb, err := strconv.ParseInt(f[0], 10, 64)
+				return kb << 10, err
+			}
+		}
+	}
+	return 0, fmt.Errorf("%s: no %s", file, key)
+}
+
+// openFDs counts this process's open descriptors.
+func openFDs() int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return -1
+	}
+	return len(ents)
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}

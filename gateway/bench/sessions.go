@@ -1,0 +1,429 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	gossh "golang.org/x/crypto/ssh"
+)
+
+// The sessions measure runs its x/crypto clients in a child process (this
+// binary, re-executed with sessionsChildArg) so that the RSS of this
+// process, which holds host, gateway and agent, does not count client
+// memory. The child reports on stdout, one JSON line after all sessions are
+// open and verified, and closes them when its stdin gets a line.
+const sessionsChildArg = "-sessions-child"
+
+// Environment of the child.
+const (
+	envAddr     = "KOHAKURIVER_BENCH_ADDR"
+	envUser     = "KOHAKURIVER_BENCH_USER"
+	envKey      = "KOHAKURIVER_BENCH_KEY"
+	envHostKeys = "KOHAKURIVER_BENCH_HOST_KEYS"
+	envN        = "KOHAKURIVER_BENCH_N"
+	envConc     = "KOHAKURIVER_BENCH_CONC"
+)
+
+// SessionResult is the concurrent sessions measure.
+type SessionResult struct {
+	Requested        int            `json:"requested"`
+	Established      int            `json:"established"`
+	Verified         int            `json:"verified"` // both echoes exact while all were open
+	EstablishSeconds float64        `json:"establish_seconds"`
+	VerifySeconds    float64        `json:"verify_seconds"`
+	CloseSeconds     float64        `json:"close_seconds"` // until the gateway had no connection left
+	Errors           map[string]int `json:"errors,omitempty"`
+	ActiveConns      int            `json:"gateway_active_conns"`
+	RSSBefore        int64          `json:"rss_before_bytes"`
+	RSSOpen          int64          `json:"rss_open_bytes"`
+	RSSAfterClose    int64          `json:"rss_after_close_bytes"`
+	RSSPerSessionKiB float64        `json:"rss_per_session_kib"`
+	HeapPerSession   float64        `json:"heap_inuse_per_session_kib"`
+	GoroutinesPer    float64        `json:"goroutines_per_session"`
+	FDsPer           float64        `json:"fds_per_session"`
+	VPSMemPerSession float64        `json:"vps_memory_per_session_kib,omitempty"`
+	VPSPids          int64          `json:"vps_pids_open,omitempty"`
+}
+
+func (s *SessionResult) print(w io.Writer) {
+	fmt.Fprintf(w, "sessions: %d requested, %d established, %d verified (a unique line echoed by cat under a pty, twice, the second time with all open)\n",
+		s.Requested, s.Established, s.Verified)
+	fmt.Fprintf(w, "  open all: %.1f s, echo all: %.2f s, close all: %.1f s; gateway conns while open: %d\n",
+		s.EstablishSeconds, s.VerifySeconds, s.CloseSeconds, s.ActiveConns)
+	fmt.Fprintf(w, "  host+gateway+agent RSS: %.1f MiB before, %.1f MiB open, %.1f MiB after close (after runtime.GC + FreeOSMemory)\n",
+		mib(s.RSSBefore), mib(s.RSSOpen), mib(s.RSSAfterClose))
+	fmt.Fprintf(w, "  per session: %.1f KiB RSS, %.1f KiB Go heap in use, %.1f goroutines, %.1f fds\n",
+		s.RSSPerSessionKiB, s.HeapPerSession, s.GoroutinesPer, s.FDsPer)
+	if s.VPSPids > 0 {
+		fmt.Fprintf(w, "  VPS container: %d processes while open, %.0f KiB memory per session (its cgroup)\n", s.VPSPids, s.VPSMemPerSession)
+	}
+	for msg, n := range s.Errors {
+		fmt.Fprintf(w, "  error x%d: %s\n", n, msg)
+	}
+}
+
+func mib(b int64) float64 { return float64(b) / (1 << 20) }
+
+// childReport is what the child prints once all sessions are open.
+type childReport struct {
+	Established      int            `json:"established"`
+	Verified         int            `json:"verified"`
+	EstablishSeconds float64        `json:"establish_seconds"`
+	VerifySeconds    float64        `json:"verify_seconds"`
+	Errors           map[string]int `json:"errors"`
+}
+
+// settledRSS collects garbage, returns freed memory to the OS and reads
+// VmRSS, so that before and after compare live memory.
+func settledRSS() (rss int64, heap uint64) {
+	runtime.GC()
+	debug.FreeOSMemory()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	rss, _ = vmRSS()
+	return rss, ms.HeapInuse
+}
+
+func runSessions(ctx context.Context, e *env, o options) (SessionResult, error) {
+	n := o.sessions
+	res := SessionResult{Requested: n}
+	gw := e.host.Gateway()
+	if err := waitUntil(ctx, time.Minute, "gateway idle", func() bool { return gw.ActiveConns() == 0 }); err != nil {
+		return res, err
+	}
+	rss0, heap0 := settledRSS()
+	g0, fd0 := runtime.NumGoroutine(), openFDs()
+	vps0 := e.containerStats()
+
+	exe, err := os.Executable()
+	if err != nil {
+		return res, err
+	}
+	var hostKeys []string
+	for _, k := range e.host.HostKeys {
+		hostKeys = append(hostKeys, strings.TrimSpace(string(gossh.MarshalAuthorizedKey(k))))
+	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(cctx, exe, sessionsChildArg)
+	cmd.Env = append(os.Environ(),
+		envAddr+"=127.0.0.1:"+strconv.Itoa(e.gwPort), envUser+"="+e.vps.TaskID, envKey+"="+e.keyPath,
+		envHostKeys+"="+strings.Join(hostKeys, "\n"), envN+"="+strconv.Itoa(n), envConc+"="+strconv.Itoa(o.sessionConc))
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return res, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return res, err
+	}
+	childErr := &lockedBuffer{}
+	cmd.Stderr = childErr
+	fmt.Printf("sessions: opening %d pty sessions running cat through the gateway (%d at a time)...\n", n, o.sessionConc)
+	if err := cmd.Start(); err != nil {
+		return res, err
+	}
+	waited := false
+	defer func() {
+		if !waited {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	}()
+	out := bufio.NewReader(stdout)
+	line, err := out.ReadString('\n')
+	if err != nil {
+		return res, fmt.Errorf("sessions child: %w; stderr: %s", err, childErr.String())
+	}
+	var rep childReport
+	if err := json.Unmarshal([]byte(line), &rep); err != nil {
+		return res, fmt.Errorf("sessions child said %q: %w", line, err)
+	}
+	res.Established, res.Verified = rep.Established, rep.Verified
+	res.EstablishSeconds, res.VerifySeconds, res.Errors = rep.EstablishSeconds, rep.VerifySeconds, rep.Errors
+
+	res.ActiveConns = gw.ActiveConns()
+	rss1, heap1 := settledRSS()
+	g1, fd1 := runtime.NumGoroutine(), openFDs()
+	vps1 := e.containerStats()
+	res.RSSBefore, res.RSSOpen = rss0, rss1
+	if k := res.Established; k > 0 {
+		res.RSSPerSessionKiB = float64(rss1-rss0) / 1024 / float64(k)
+		res.HeapPerSession = (float64(heap1) - float64(heap0)) / 1024 / float64(k)
+		res.GoroutinesPer = float64(g1-g0) / float64(k)
+		res.FDsPer = float64(fd1-fd0) / float64(k)
+		if vps0.ok && vps1.ok {
+			res.VPSMemPerSession = float64(vps1.mem-vps0.mem) / 1024 / float64(k)
+			res.VPSPids = vps1.pids
+		}
+	}
+	if o.memProfile != "" {
+		if err := writeHeapProfile(o.memProfile); err != nil {
+			return res, err
+		}
+		fmt.Printf("heap profile with %d sessions open written to %s\n", res.Established, o.memProfile)
+	}
+
+	// Release the child: it closes every client.
+	closeStart := time.Now()
+	if _, err := io.WriteString(stdin, "close\n"); err != nil {
+		return res, fmt.Errorf("sessions child: %w", err)
+	}
+	stdin.Close()
+	err = cmd.Wait()
+	waited = true
+	if err != nil {
+		return res, fmt.Errorf("sessions child: %w; stderr: %s", err, childErr.String())
+	}
+	if err := waitUntil(ctx, 2*time.Minute, "gateway connections to close", func() bool { return gw.ActiveConns() == 0 }); err != nil {
+		return res, err
+	}
+	res.CloseSeconds = time.Since(closeStart).Seconds()
+	res.RSSAfterClose, _ = settledRSS()
+	res.print(os.Stdout)
+	return res, nil
+}
+
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	runtime.GC()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// vpsStats is the VPS container's cgroup (v1 or v2) memory and pid count.
+type vpsStats struct {
+	ok   bool
+	mem  int64
+	pids int64
+}
+
+func (e *env) containerStats() vpsStats {
+	if e.containerID == "" {
+		return vpsStats{}
+	}
+	read := func(paths ...string) (int64, bool) {
+		for _, p := range paths {
+			if data, err := os.ReadFile(p); err == nil {
+				if v, err := strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64); err == nil {
+					return v, true
+				}
+			}
+		}
+		return 0, false
+	}
+	id := e.containerID
+	mem, ok1 := read(filepath.Join("/sys/fs/cgroup/memory/docker", id, "memory.usage_in_bytes"),
+		filepath.Join("/sys/fs/cgroup/system.slice", "docker-"+id+".scope", "memory.current"))
+	pids, ok2 := read(filepath.Join("/sys/fs/cgroup/pids/docker", id, "pids.current"),
+		filepath.Join("/sys/fs/cgroup/system.slice", "docker-"+id+".scope", "pids.current"))
+	return vpsStats{ok: ok1 && ok2, mem: mem, pids: pids}
+}
+
+// sessionsChild is the child process: it opens the sessions, checks the
+// echoes, reports, and closes everything when told (or after 20 minutes).
+func sessionsChild() int {
+	fail := func(err error) int {
+		fmt.Fprintln(os.Stderr, "sessions child:", err)
+		return 1
+	}
+	addr, user := os.Getenv(envAddr), os.Getenv(envUser)
+	n, err1 := strconv.Atoi(os.Getenv(envN))
+	conc, err2 := strconv.Atoi(os.Getenv(envConc))
+	if addr == "" || user == "" || err1 != nil || err2 != nil || n < 1 || n > maxSessions || conc < 1 {
+		return fail(errors.New("bad environment (run through the bench, not by hand)"))
+	}
+	keyPEM, err := os.ReadFile(os.Getenv(envKey))
+	if err != nil {
+		return fail(err)
+	}
+	signer, err := gossh.ParsePrivateKey(keyPEM)
+	if err != nil {
+		return fail(err)
+	}
+	var pinned [][]byte
+	for _, l := range strings.Split(os.Getenv(envHostKeys), "\n") {
+		k, _, _, _, err := gossh.ParseAuthorizedKey([]byte(l))
+		if err != nil {
+			return fail(fmt.Errorf("gateway host key: %w", err))
+		}
+		pinned = append(pinned, k.Marshal())
+	}
+	cfg := &gossh.ClientConfig{
+		User: user,
+		Auth: []gossh.AuthMethod{gossh.PublicKeys(signer)},
+		HostKeyCallback: func(_ string, _ net.Addr, key gossh.PublicKey) error {
+			for _, p := range pinned {
+				if string(p) == string(key.Marshal()) {
+					return nil
+				}
+			}
+			return errors.New("gateway host key not pinned")
+		},
+		Timeout: 30 * time.Second,
+	}
+
+	var (
+		mu       sync.Mutex
+		errs     = map[string]int{}
+		sessions = make([]*echoSession, n)
+	)
+	noteErr := func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		msg := err.Error()
+		if len(msg) > 160 {
+			msg = msg[:160]
+		}
+		errs[msg]++
+	}
+	start := time.Now()
+	sem := make(chan struct{}, conc)
+	var wg sync.WaitGroup
+	for i := range n {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			s, err := openEcho(addr, cfg)
+			if err == nil {
+				err = s.roundTrip(fmt.Sprintf("open-%d-%d", i, time.Now().UnixNano()))
+			}
+			if err != nil {
+				noteErr(err)
+				if s != nil {
+					s.client.Close()
+				}
+				return
+			}
+			sessions[i] = s
+		}()
+	}
+	wg.Wait()
+	established := time.Since(start)
+
+	// With every session open at once, each echoes one more unique line.
+	start = time.Now()
+	var verified atomic.Int32
+	for i, s := range sessions {
+		if s == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.roundTrip(fmt.Sprintf("all-%d-%x", i, time.Now().UnixNano())); err != nil {
+				noteErr(err)
+				return
+			}
+			verified.Add(1)
+		}()
+	}
+	wg.Wait()
+	count := 0
+	for _, s := range sessions {
+		if s != nil {
+			count++
+		}
+	}
+	rep := childReport{Established: count, Verified: int(verified.Load()), EstablishSeconds: established.Seconds(),
+		VerifySeconds: time.Since(start).Seconds(), Errors: errs}
+	data, _ := json.Marshal(rep)
+	fmt.Printf("%s\n", data)
+
+	// Hold everything open until the parent has measured.
+	release := make(chan struct{})
+	go func() { _, _ = bufio.NewReader(os.Stdin).ReadString('\n'); close(release) }()
+	select {
+	case <-release:
+	case <-time.After(20 * time.Minute):
+	}
+	sem = make(chan struct{}, 64)
+	for _, s := range sessions {
+		if s == nil {
+			continue
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() { defer wg.Done(); defer func() { <-sem }(); s.client.Close() }()
+	}
+	wg.Wait()
+	return 0
+}
+
+// echoSession is one client connection with a pty session running cat.
+type echoSession struct {
+	client *gossh.Client
+	stdin  io.WriteCloser
+	stdout io.Reader
+}
+
+func openEcho(addr string, cfg *gossh.ClientConfig) (*echoSession, error) {
+	client, err := gossh.Dial("tcp", addr, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("dial: %w", err)
+	}
+	s := &echoSession{client: client}
+	sess, err := client.NewSession()
+	if err != nil {
+		return s, fmt.Errorf("new session: %w", err)
+	}
+	// No tty echo: what comes back is cat's output only ("line\r\n" with
+	// ONLCR), so every byte can be compared.
+	modes := gossh.TerminalModes{gossh.ECHO: 0, gossh.TTY_OP_ISPEED: 38400, gossh.TTY_OP_OSPEED: 38400}
+	if err := sess.RequestPty("xterm", 24, 80, modes); err != nil {
+		return s, fmt.Errorf("pty-req: %w", err)
+	}
+	if s.stdin, err = sess.StdinPipe(); err != nil {
+		return s, err
+	}
+	if s.stdout, err = sess.StdoutPipe(); err != nil {
+		return s, err
+	}
+	if err := sess.Start("cat"); err != nil {
+		return s, fmt.Errorf("exec cat: %w", err)
+	}
+	return s, nil
+}
+
+// roundTrip writes line and checks that exactly line + "\r\n" comes back
+// within 60 s (on timeout the connection is closed).
+func (s *echoSession) roundTrip(line string) error {
+	t := time.AfterFunc(60*time.Second, func() { s.client.Close() })
+	defer t.Stop()
+	if _, err := io.WriteString(s.stdin, line+"\n"); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	want := line + "\r\n"
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(s.stdout, got); err != nil {
+		return fmt.Errorf("read echo: %w", err)
+	}
+	if string(got) != want {
+		return fmt.Errorf("echo mismatch: got %q, want %q", got, want)
+	}
+	return nil
+}
