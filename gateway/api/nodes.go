@@ -162,7 +162,7 @@ func (srv *Server) reconcile(ctx context.Context, log *slog.Logger, rep AgentRep
 			continue
 		}
 		_, err := srv.st.UpdateVPS(ctx, v.TaskID, func(x *store.VPS) error {
-			return reconcileVPS(x, st, ok, rep.Name)
+			return reconcileVPS(x, st, ok, rep.Name, srv.started)
 		})
 		switch {
 		case errors.Is(err, errNoChange), errors.Is(err, store.ErrNotFound):
@@ -179,9 +179,14 @@ func (srv *Server) reconcile(ctx context.Context, log *slog.Logger, rep AgentRep
 
 // reconcileVPS applies one report entry (reported says whether there was
 // one) to x, or returns errNoChange. It rechecks x's status: the record may
-// have changed since it was listed.
-func reconcileVPS(x *store.VPS, st VPSState, reported bool, node string) error {
+// have changed since it was listed. A VPS pending since before this host
+// started (hostStart) whose node has no container for it was cut off by a
+// host crash mid-create: it fails with a message instead of staying pending.
+func reconcileVPS(x *store.VPS, st VPSState, reported bool, node string, hostStart time.Time) error {
 	switch {
+	case x.Status == store.StatusPending && !reported && x.UpdatedAt.Before(hostStart):
+		x.Status = store.StatusFailed
+		x.Message = fmt.Sprintf("the host restarted before node %s created this VPS; delete it and create it again", node)
 	case x.Status == store.StatusLost && reported && st.Running,
 		x.Status == store.StatusPending && reported && st.Running:
 		applyRunning(x, st)

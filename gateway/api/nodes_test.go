@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"maps"
 	"net/http"
 	"strings"
@@ -267,5 +268,34 @@ func TestNodesEndpoints(t *testing.T) {
 	}
 	if _, err := e.client("alice").Node(ctx, "nope"); StatusOf(err) != http.StatusNotFound {
 		t.Fatalf("missing node: %v", err)
+	}
+}
+
+func TestReconcileCutOffCreate(t *testing.T) {
+	hostStart := time.Unix(2000, 0)
+	tests := []struct {
+		name       string
+		updated    time.Time
+		reported   bool
+		running    bool
+		wantStatus store.VPSStatus
+		wantErr    error
+	}{
+		{"pending from before the restart, no container", hostStart.Add(-time.Minute), false, false, store.StatusFailed, nil},
+		{"pending from this run, create in flight", hostStart.Add(time.Second), false, false, store.StatusPending, errNoChange},
+		{"pending from before, container came up", hostStart.Add(-time.Minute), true, true, store.StatusRunning, nil},
+		{"pending from before, container still starting", hostStart.Add(-time.Minute), true, false, store.StatusPending, errNoChange},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			x := store.VPS{TaskID: store.NewTaskID(), Status: store.StatusPending, UpdatedAt: tt.updated}
+			err := reconcileVPS(&x, VPSState{TaskID: x.TaskID, Running: tt.running, HostKeys: []string{"ssh-ed25519 AAAA"}}, tt.reported, "n1", hostStart)
+			if !errors.Is(err, tt.wantErr) || x.Status != tt.wantStatus {
+				t.Fatalf("got status %s err %v; want %s %v", x.Status, err, tt.wantStatus, tt.wantErr)
+			}
+			if x.Status == store.StatusFailed && !strings.Contains(x.Message, "create it again") {
+				t.Fatalf("message %q", x.Message)
+			}
+		})
 	}
 }

@@ -80,6 +80,9 @@ type Server struct {
 	hbTimeout    time.Duration
 	now          func() time.Time
 	handler      http.Handler
+	// started is when this server was built: a VPS still pending from
+	// before it was left half-created by a host that went away.
+	started time.Time
 }
 
 // NewServer validates cfg and builds the API's routes.
@@ -127,6 +130,7 @@ func NewServer(cfg Config) (*Server, error) {
 		hbTimeout:    cfg.HeartbeatTimeout,
 		now:          cfg.Now,
 	}
+	srv.started = srv.now()
 	srv.handler = srv.withRequestLog(srv.withRecover(srv.routes(verifier)))
 	return srv, nil
 }
