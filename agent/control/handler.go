@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/kohakuriver/kohakuriver/agent/clusterauth"
 	"github.com/kohakuriver/kohakuriver/agent/docker"
@@ -71,6 +72,15 @@ type handler struct {
 	log *slog.Logger
 }
 
+// detached returns a context for a state-changing request that does not end
+// when the host hangs up: a create, stop or key change the host asked for is
+// finished and shows up in the next report, rather than half done (a
+// container made and then removed while the host, restarted, already saw it
+// running). It is still bounded.
+func detached(r *http.Request) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(r.Context()), 3*time.Minute)
+}
+
 // State converts a runtime snapshot into what the host stores.
 func State(info docker.Info) api.VPSState {
 	return api.VPSState{TaskID: info.TaskID, Running: info.State == docker.StateRunning, HostKeys: info.HostKeys}
@@ -98,7 +108,9 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, errorBody{"task id must be 19 digits"})
 		return
 	}
-	info, err := h.rt.Create(r.Context(), docker.Spec{
+	ctx, cancel := detached(r)
+	defer cancel()
+	info, err := h.rt.Create(ctx, docker.Spec{
 		TaskID: spec.TaskID, Image: spec.Image, Cores: float64(spec.Cores), MemoryMB: spec.MemoryMB,
 		LoginUser: spec.LoginUser, AuthorizedKeys: spec.AuthorizedKeys,
 	})
@@ -116,7 +128,8 @@ func (h *handler) lifecycle(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, errorBody{"task id must be 19 digits"})
 		return
 	}
-	ctx := r.Context()
+	ctx, cancel := detached(r)
+	defer cancel()
 	var (
 		info docker.Info
 		err  error
@@ -151,7 +164,9 @@ func (h *handler) keys(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
-	if err := h.rt.SetAuthorizedKeys(r.Context(), id, req.LoginUser, req.AuthorizedKeys); err != nil {
+	ctx, cancel := detached(r)
+	defer cancel()
+	if err := h.rt.SetAuthorizedKeys(ctx, id, req.LoginUser, req.AuthorizedKeys); err != nil {
 		h.fail(w, err)
 		return
 	}

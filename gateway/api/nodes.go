@@ -158,6 +158,23 @@ func (srv *Server) reconcile(ctx context.Context, log *slog.Logger, rep AgentRep
 			}
 			continue
 		}
+		if v.Status == store.StatusRunning && !ok && srv.now().Sub(v.UpdatedAt) > max(2*srv.hbTimeout, time.Minute) {
+			// The container is gone (removed by hand, or never finished);
+			// the age guard keeps a report listed just before a create
+			// from failing the new VPS.
+			_, err := srv.st.UpdateVPS(ctx, v.TaskID, func(x *store.VPS) error {
+				if x.Status != store.StatusRunning {
+					return errNoChange
+				}
+				x.Status = store.StatusFailed
+				x.Message = fmt.Sprintf("node %s no longer has this VPS's container; delete the VPS and create it again", rep.Name)
+				return nil
+			})
+			if err == nil {
+				log.Warn("running VPS missing from its node's report", "vps", v.TaskID)
+			}
+			continue
+		}
 		if v.Status != store.StatusLost && v.Status != store.StatusPending {
 			continue
 		}

@@ -299,3 +299,27 @@ func TestReconcileCutOffCreate(t *testing.T) {
 		})
 	}
 }
+
+func TestReconcileRunningWithoutContainer(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.createVPS(t, "alice", "gone")
+	// A fresh record missing from a report is left alone (the report may
+	// predate the create)...
+	if err := e.agentAPI().Heartbeat(ctx, report()); err != nil {
+		t.Fatal(err)
+	}
+	if s := e.vps(t, "gone").Status; s != store.StatusRunning {
+		t.Fatalf("fresh running VPS missing from a report: %s", s)
+	}
+	// ...an old one whose container is gone fails, saying so. (The store
+	// stamps UpdatedAt with the real clock.)
+	e.clock.advance(time.Since(e.clock.now()) + 10*time.Minute)
+	if err := e.agentAPI().Heartbeat(ctx, report()); err != nil {
+		t.Fatal(err)
+	}
+	v := e.vps(t, "gone")
+	if v.Status != store.StatusFailed || !strings.Contains(v.Message, "no longer has this VPS's container") {
+		t.Fatalf("old running VPS missing from its node: %s %q", v.Status, v.Message)
+	}
+}

@@ -184,8 +184,8 @@ func run(ctx context.Context, o options) error {
 		},
 		Started: time.Now().UTC(),
 	}
-	fmt.Printf("machine: %d cores (%s), kernel %s, %s, %s; RLIMIT_NOFILE %d\n",
-		res.Machine.NProc, res.Machine.CPUModel, res.Machine.Kernel, res.Machine.OpenSSH, res.Machine.Go, nofile)
+	fmt.Printf("machine: %d cores (%s), kernel %s, %s, %s; RLIMIT_NOFILE %d; load average %s\n",
+		res.Machine.NProc, res.Machine.CPUModel, res.Machine.Kernel, res.Machine.OpenSSH, res.Machine.Go, nofile, res.Machine.LoadAvgStart)
 
 	e, err := setup(ctx, o)
 	if err != nil {
@@ -221,6 +221,7 @@ func run(ctx context.Context, o options) error {
 		res.Bulk = &br
 	}
 	res.Finished = time.Now().UTC()
+	res.Machine.LoadAvgEnd = loadAvg()
 	res.summarize()
 	fmt.Println()
 	res.printTable(os.Stdout)

@@ -31,6 +31,7 @@ type uploadResult struct {
 	MBps       float64 `json:"mb_per_s"` // 10^6 bytes per second
 	Seconds    float64 `json:"seconds"`
 	CPUSeconds float64 `json:"cpu_seconds"` // this process, utime+stime
+	SysSeconds float64 `json:"sys_seconds"` // of which stime (kernel: sockets, splice)
 	CPUPerGiB  float64 `json:"cpu_core_s_per_gib"`
 }
 
@@ -52,7 +53,7 @@ func upload(ctx context.Context, e *env, cfg string, p path, size int64) (upload
 	var errb bytes.Buffer
 	cmd.Stderr = &errb
 	buf := payload()
-	cpu0, err := procCPU()
+	cpu0, sys0, err := procCPU()
 	if err != nil {
 		return uploadResult{}, err
 	}
@@ -80,7 +81,7 @@ func upload(ctx context.Context, e *env, cfg string, p path, size int64) (upload
 	stdin.Close()
 	err = cmd.Wait()
 	t1 := time.Now()
-	cpu1, cerr := procCPU()
+	cpu1, sys1, cerr := procCPU()
 	switch {
 	case err != nil:
 		return uploadResult{}, fmt.Errorf("upload via %s: %w: %s", p.name, err, strings.TrimSpace(errb.String()))
@@ -95,6 +96,7 @@ func upload(ctx context.Context, e *env, cfg string, p path, size int64) (upload
 		MBps:       float64(timed) / secs / 1e6,
 		Seconds:    secs,
 		CPUSeconds: cpu,
+		SysSeconds: sys1 - sys0,
 		CPUPerGiB:  cpu / (float64(size) / (1 << 30)),
 	}, nil
 }
@@ -144,7 +146,8 @@ func runRounds(ctx context.Context, e *env, o options, res *Results) error {
 					rd.Upload[c.name][p.name] = u
 					fmt.Fprintf(&line, " %s %.0f", p.name, u.MBps)
 				}
-				fmt.Fprintf(&line, " (C cpu %.2f core-s/GiB)", rd.Upload[c.name]["C"].CPUPerGiB)
+				cu := rd.Upload[c.name]["C"]
+				fmt.Fprintf(&line, " (C cpu %.2f core-s/GiB, %.0f%% sys)", cu.CPUPerGiB, 100*cu.SysSeconds/cu.CPUSeconds)
 			}
 		}
 		if o.only[measureConnect] {
@@ -164,29 +167,29 @@ func runRounds(ctx context.Context, e *env, o options, res *Results) error {
 	return nil
 }
 
-// procCPU returns this process's user + system CPU seconds from
-// /proc/self/stat (fields 14 and 15, in clock ticks).
-func procCPU() (float64, error) {
+// procCPU returns this process's user + system CPU seconds, and the
+// system part, from /proc/self/stat (fields 14 and 15, in clock ticks).
+func procCPU() (total, sys float64, err error) {
 	data, err := os.ReadFile("/proc/self/stat")
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	// The command name (field 2) may hold spaces: count from after ')'.
 	i := bytes.LastIndexByte(data, ')')
 	if i < 0 {
-		return 0, errors.New("/proc/self/stat: unexpected format")
+		return 0, 0, errors.New("/proc/self/stat: unexpected format")
 	}
 	f := strings.Fields(string(data[i+1:]))
 	// f[0] is field 3 (state); utime is field 14, stime field 15.
 	if len(f) < 13 {
-		return 0, errors.New("/proc/self/stat: too few fields")
+		return 0, 0, errors.New("/proc/self/stat: too few fields")
 	}
 	ut, err1 := strconv.ParseUint(f[11], 10, 64)
 	st, err2 := strconv.ParseUint(f[12], 10, 64)
 	if err1 != nil || err2 != nil {
-		return 0, errors.New("/proc/self/stat: bad utime/stime")
+		return 0, 0, errors.New("/proc/self/stat: bad utime/stime")
 	}
-	return float64(ut+st) / clockTicks, nil
+	return float64(ut+st) / clockTicks, float64(st) / clockTicks, nil
 }
 
 // clockTicks is USER_HZ, 100 on every Linux architecture Go supports.

@@ -39,6 +39,10 @@ type Machine struct {
 	MemTotal int64  `json:"mem_total_bytes"`
 	OpenSSH  string `json:"openssh"`
 	Go       string `json:"go"`
+	// LoadAvg is /proc/loadavg at the start and at the end: other work on
+	// the machine shows here.
+	LoadAvgStart string `json:"loadavg_start"`
+	LoadAvgEnd   string `json:"loadavg_end"`
 }
 
 // Params are the run's settings.
@@ -242,6 +246,7 @@ func machineInfo() Machine {
 		m.Kernel = strings.TrimSpace(string(data))
 	}
 	m.MemTotal, _ = statusField("/proc/meminfo", "MemTotal:")
+	m.LoadAvgStart = loadAvg()
 	var out bytes.Buffer
 	cmd := exec.Command("ssh", "-V")
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -249,6 +254,18 @@ func machineInfo() Machine {
 		m.OpenSSH = strings.TrimSpace(out.String())
 	}
 	return m
+}
+
+func loadAvg() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func humanBytes(n int64) string {

@@ -153,6 +153,11 @@ func nodeName(t *testing.T, n string) string {
 }
 
 func (c *cluster) startAgent(name, listen string) *runningAgent {
+	c.t.Helper()
+	return c.startAgentAt(name, listen, "http://"+c.host.APIAddr().String())
+}
+
+func (c *cluster) startAgentAt(name, listen, hostURL string) *runningAgent {
 	t := c.t
 	t.Helper()
 	log := slog.New(slog.NewJSONHandler(c.logs, &slog.HandlerOptions{Level: slog.LevelDebug})).With("agent", name)
@@ -161,7 +166,7 @@ func (c *cluster) startAgent(name, listen string) *runningAgent {
 		t.Fatal(err)
 	}
 	a, err := agent.New(agent.Config{
-		Name: name, ListenAddr: listen, HostURL: "http://" + c.host.APIAddr().String(),
+		Name: name, ListenAddr: listen, HostURL: hostURL,
 		ClusterToken: c.host.ClusterToken, Runtime: rt, Logger: log, HeartbeatInterval: 500 * time.Millisecond,
 	})
 	if err != nil {
