@@ -231,6 +231,7 @@ func (c *conn) logSummary(cause error) {
 		"login_user", r.login,
 		"key_fingerprint", r.fingerprint,
 		"start", c.start.UTC().Format(time.RFC3339Nano),
+		"end", time.Now().UTC().Format(time.RFC3339Nano),
 		"duration", time.Since(c.start).Round(time.Millisecond).String(),
 		"bytes_in", c.counted.in.Load(),
 		"bytes_out", c.counted.out.Load(),
@@ -241,7 +242,7 @@ func (c *conn) logSummary(cause error) {
 		attrs = append(attrs, "hop_err", c.hopErr.Error())
 	}
 	if cause != nil && !errors.Is(cause, context.Canceled) {
-		attrs = append(attrs, "end", cause.Error())
+		attrs = append(attrs, "reason", cause.Error())
 	}
 	c.log.Info("session ended", attrs...)
 	if c.srv.cfg.Audit != nil {
