@@ -17,15 +17,12 @@ import (
 // PublicKeyHandler into PublicKeyCallback afterwards.
 func (s *Server) serverConfig(ctx gliderssh.Context) *gossh.ServerConfig {
 	c := connFrom(ctx)
-	cfg := &gossh.ServerConfig{
-		MaxAuthTries: s.cfg.MaxAuthTries,
-		Config: gossh.Config{
-			Ciphers: s.cfg.Ciphers,
-		},
-	}
+	cfg := &gossh.ServerConfig{MaxAuthTries: s.cfg.MaxAuthTries}
 	if c == nil {
+		cfg.Ciphers = s.ciphersFor("")
 		return cfg
 	}
+	cfg.Ciphers = c.ciphers
 	cfg.PreAuthConnCallback = func(pc gossh.ServerPreAuthConn) { c.preAuth = pc }
 	cfg.VerifiedPublicKeyCallback = func(md gossh.ConnMetadata, key gossh.PublicKey, perms *gossh.Permissions, _ string) (*gossh.Permissions, error) {
 		return c.onVerified(md.User(), key, perms)

@@ -16,8 +16,8 @@ package gateway
 // The Go client's tests of the relay itself live next to what they
 // exercise: many channels and abrupt disconnects in upstreams_test.go (one
 // hop per client connection), the channel limit in requests_test.go, the
-// forward limit in x11_test.go; dbclient's exit status race in
-// requests_test.go.
+// forward limit in x11_test.go; the exit status race of PuTTY and dbclient
+// in requests_test.go (TestExitStatusBeforeEOF).
 
 import (
 	"bytes"
@@ -150,10 +150,7 @@ type thirdPartyClient struct {
 	name    string
 	bins    []string
 	ciphers []string // gateway Config.Ciphers; nil = the default
-	// statusRace: the client loses an exit status the gateway relays after
-	// EOF (see TestDbclientExitStatus).
-	statusRace bool
-	argv       func(t *testing.T, g *testGateway, key userKey, user, cmd string) (env []string, name string, args []string)
+	argv    func(t *testing.T, g *testGateway, key userKey, user, cmd string) (env []string, name string, args []string)
 }
 
 var thirdPartyClients = []thirdPartyClient{
@@ -171,9 +168,8 @@ var thirdPartyClients = []thirdPartyClient{
 	{
 		name: "dbclient",
 		bins: []string{"dbclient", "dropbearconvert"},
-		// dbclient 2022.83 as Debian builds it has no AES-GCM.
-		ciphers:    CompatCiphers(),
-		statusRace: true,
+		// dbclient 2022.83 as Debian builds it has no AES-GCM: the
+		// gateway's default choice (ciphersFor) must still serve it.
 		argv: func(t *testing.T, g *testGateway, key userKey, user, cmd string) ([]string, string, []string) {
 			// No -y: an unknown or changed host key fails the test.
 			args := []string{"-i", dropbearKey(t, key), "-p", strconv.Itoa(g.port()), user + "@127.0.0.1", cmd}
@@ -204,9 +200,6 @@ func TestThirdPartyClientExec(t *testing.T) {
 			g.addVPS(t, "box", 0, key)
 			for _, tt := range tests {
 				t.Run(tt.name, func(t *testing.T) {
-					if cl.statusRace && tt.wantStatus != 0 {
-						knownBug(t, "half() can relay EOF before exit-status; dbclient then reports 0")
-					}
 					env, name, args := cl.argv(t, g, key, "box", tt.cmd)
 					out, errOut, code := runTool(t, env, []byte(tt.stdin), name, args...)
 					if out != tt.wantOut || code != tt.wantStatus || !strings.Contains(errOut, tt.wantErr) {
@@ -317,8 +310,9 @@ func paramikoPython(t testing.TB) string {
 func TestParamiko(t *testing.T) {
 	requireOpenSSH(t)
 	py := paramikoPython(t)
-	// Paramiko 2.12 has AES-CTR and CBC only: no AES-GCM.
-	g := newTestGateway(t, func(c *Config) { c.Ciphers = CompatCiphers() })
+	// Paramiko 2.12 has AES-CTR and CBC only, no AES-GCM: the default
+	// cipher choice must serve it.
+	g := newTestGateway(t, nil)
 	key := newUserKey(t)
 	g.addVPS(t, "py", 0, key)
 	target := echoServer(t)

@@ -49,6 +49,10 @@ type conn struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 
+	// ciphers offered to this client, chosen from its version string in
+	// onConnect.
+	ciphers []string
+
 	// Set in serverConfig, then read-only.
 	preAuth gossh.ServerPreAuthConn
 
@@ -132,7 +136,9 @@ func (s *Server) onConnect(ctx gliderssh.Context, nc net.Conn) net.Conn {
 		downReady: make(chan struct{}),
 	}
 	c.log = s.log.With("conn_id", c.id)
-	c.counted = &countingConn{Conn: nc}
+	version, peeked := peekVersion(nc)
+	c.ciphers = s.ciphersFor(version)
+	c.counted = &countingConn{Conn: peeked}
 	c.netConn = nc
 	if !s.trackConn(c, true) {
 		<-s.connSlots

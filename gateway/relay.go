@@ -94,7 +94,7 @@ func (c *conn) openPair(nc gossh.NewChannel, other gossh.Conn, from string) {
 		c.recordForward(f)
 	}
 	// Requests from the VPS side carry exit-status and exit-signal.
-	toVPS, toClient := tap{}, tap{onRequest: c.noteExit}
+	toVPS, toClient := tap{}, tap{onRequest: c.noteExit, eofAfterExit: nc.ChannelType() == "session" && from == "client"}
 	if nc.ChannelType() == "session" && from == "client" {
 		c.explainLostVPS(&toClient)
 		if rec := c.srv.newRecording(c); rec != nil {
@@ -121,6 +121,10 @@ type tap struct {
 	// on; beforeClose runs after the source closed, before the destination
 	// is closed.
 	beforeEOF, beforeClose func(dst gossh.Channel)
+	// eofAfterExit holds this direction's EOF until exit-status or
+	// exit-signal went through (or the source closed): for the VPS side of
+	// a session. See half.
+	eofAfterExit bool
 }
 
 // explainLostVPS makes a session whose VPS connection died (container
@@ -192,17 +196,14 @@ func half(src gossh.Channel, srcReqs <-chan *gossh.Request, dst gossh.Channel, t
 		go func() { defer wg.Done(); copyData(dst.Stderr(), stderr) }()
 		copyData(dst, stdout)
 		wg.Wait()
-		if t.beforeEOF != nil {
-			t.beforeEOF(dst)
-		}
-		// Both streams hit EOF: pass the EOF on (stdin EOF is CloseWrite).
-		_ = dst.CloseWrite()
 		close(dataDone)
 	}()
-	for req := range srcReqs {
+	exited := false
+	forward := func(req *gossh.Request) {
 		if t.onRequest != nil {
 			t.onRequest(req)
 		}
+		exited = exited || req.Type == "exit-status" || req.Type == "exit-signal"
 		ok, err := dst.SendRequest(req.Type, req.WantReply, req.Payload)
 		if err != nil {
 			ok = false
@@ -211,11 +212,59 @@ func half(src gossh.Channel, srcReqs <-chan *gossh.Request, dst gossh.Channel, t
 			_ = req.Reply(ok, nil)
 		}
 	}
-	<-dataDone
+	// Both streams hit EOF: pass the EOF on (stdin EOF is CloseWrite).
+	sendEOF := func() {
+		if t.beforeEOF != nil {
+			t.beforeEOF(dst)
+		}
+		_ = dst.CloseWrite()
+	}
+	// EOF goes after the requests that came before it, and for a session
+	// after its exit status: a client may answer EOF with CLOSE at once
+	// (PuTTY and dbclient do), x/crypto confirms that CLOSE by itself, and an
+	// exit-status still on its way from the VPS would then be lost. sshd
+	// may send EOF before exit-status, but never CLOSE before it. x/crypto
+	// queues a request on srcReqs before it processes a later EOF, so what
+	// is queued when the copies end came first.
+	reqs, data := srcReqs, (<-chan struct{})(dataDone)
+	eofDue := false // both copies ended, EOF not sent yet
+	for reqs != nil || data != nil {
+		select {
+		case req, ok := <-reqs:
+			if !ok {
+				reqs = nil
+			} else {
+				forward(req)
+			}
+		case <-data:
+			data, eofDue = nil, true
+			reqs = forwardQueued(reqs, forward)
+		}
+		if eofDue && (!t.eofAfterExit || exited || reqs == nil) {
+			sendEOF()
+			eofDue = false
+		}
+	}
 	if t.beforeClose != nil {
 		t.beforeClose(dst)
 	}
 	_ = dst.Close()
+}
+
+// forwardQueued forwards the requests already waiting on reqs without
+// blocking; it returns nil once reqs is closed.
+func forwardQueued(reqs <-chan *gossh.Request, forward func(*gossh.Request)) <-chan *gossh.Request {
+	for {
+		select {
+		case req, ok := <-reqs:
+			if !ok {
+				return nil
+			}
+			forward(req)
+		default:
+			return reqs
+		}
+	}
 }
 
 // noteExit records exit-status and exit-signal for the connection log.
@@ -292,6 +341,7 @@ func (s *Server) handleGlobalRequest(ctx gliderssh.Context, _ *gliderssh.Server,
 	if sc, ok := ctx.Value(gliderssh.ContextKeyConn).(*gossh.ServerConn); ok {
 		c.setDownstream(sc)
 	}
+	var forward, cancel bool
 	switch req.Type {
 	case reqHostKeysProve:
 		return false, nil
@@ -301,17 +351,32 @@ func (s *Server) handleGlobalRequest(ctx gliderssh.Context, _ *gliderssh.Server,
 			c.log.Warn("forward refused: limit reached", "limit", limit)
 			return false, nil
 		}
-		c.recordForward(describeForward(req.Type, req.Payload))
+		forward = true
 	case "cancel-tcpip-forward", "cancel-streamlocal-forward@openssh.com":
-		defer c.forwards.Add(-1)
+		cancel = true
 	}
 	up, err := c.waitHop()
 	if err != nil {
+		if forward {
+			c.forwards.Add(-1)
+		}
 		return false, nil
 	}
-	ok, payload, err := up.client.SendRequest(req.Type, req.WantReply, req.Payload)
+	// Forward requests always ask the VPS for an answer, whatever the
+	// client asked, so that the count follows what the VPS granted: sshd
+	// refuses a forward it cannot set up and a cancel for a forward it does
+	// not have. gliderlabs replies to the client only if it asked.
+	ok, payload, err := up.client.SendRequest(req.Type, req.WantReply || forward || cancel, req.Payload)
 	if err != nil {
-		return false, nil
+		ok, payload = false, nil
+	}
+	switch {
+	case forward && ok:
+		c.recordForward(describeForward(req.Type, req.Payload))
+	case forward:
+		c.forwards.Add(-1)
+	case cancel && ok:
+		c.forwards.Add(-1)
 	}
 	return ok, payload
 }

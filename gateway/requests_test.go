@@ -424,68 +424,87 @@ func TestChannelLimit(t *testing.T) {
 	}
 }
 
-// knownBug skips a test that pins a reported gateway bug unless
-// KOHAKURIVER_KNOWN_BUGS=1; remove the call with the fix.
-func knownBug(t *testing.T, what string) {
-	if os.Getenv("KOHAKURIVER_KNOWN_BUGS") != "1" {
-		t.Skip("known gateway bug, fails until fixed (KOHAKURIVER_KNOWN_BUGS=1 runs it): " + what)
-	}
-}
-
-// TestDbclientExitStatus: dbclient takes the exit status from the
-// exit-status request, and drops a request that comes after the EOF that
-// ended the channel for it. sshd always sends exit-status before EOF; the
-// gateway must keep that order, or dbclient reports 0 for a failed command.
-// The direct case (the same key added to the sshd's authorized_keys) shows
-// dbclient and sshd agree.
-func TestDbclientExitStatus(t *testing.T) {
-	requireTools(t, "dbclient", "dropbearconvert")
-	knownBug(t, "half() forwards EOF before exit-status")
-	const runs = 25
-	g := newTestGateway(t, func(c *Config) { c.Ciphers = CompatCiphers() })
+// TestExitStatusBeforeEOF: PuTTY and Dropbear's client answer the server's
+// EOF with their own CLOSE at once; x/crypto on the gateway confirms that
+// CLOSE by itself, so an exit-status the gateway relays after EOF is lost
+// and the client reports 0 for a failed command. sshd may send EOF before
+// exit-status but never closes a session before it; directly (the same key
+// added to the sshd's authorized_keys) the clients get every status right.
+func TestExitStatusBeforeEOF(t *testing.T) {
+	const runs, cmd = 40, "echo out; exit 3"
+	// One sshd behind two gateways: the default ciphers for plink, the
+	// compatible ones for dbclient (see clients_test.go).
+	gw := newTestGateway(t, nil)
+	gwCompat := newTestGateway(t, func(c *Config) { c.Ciphers = CompatCiphers() })
 	key := newUserKey(t)
-	_, d := g.addVPS(t, "dbx", 0, key)
+	_, d := gw.addVPS(t, "st", 0, key)
+	gwCompat.registerUpstream(t, "st", d.addr, []string{d.hostKey}, key)
 	f, err := os.OpenFile(filepath.Join(d.dir, "authorized_keys"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = fmt.Fprintln(f, key.auth.Line)
+	_, err = fmt.Fprintf(f, "%s\n%s\n", CertAuthorityLine(gwCompat.ca.PublicKey()), key.auth.Line)
 	f.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
-	home := g.dropbearHome(t)
-	// dbclient's known_hosts ignores ports and stops at the first key of the
-	// right type for a name: give the sshd another name.
-	kh, err := os.OpenFile(filepath.Join(home, ".ssh", "known_hosts"), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = fmt.Fprintln(kh, "localhost "+d.hostKey)
-	kh.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
 	_, sshdPort, _ := net.SplitHostPort(d.addr)
-	dbKey := dropbearKey(t, key)
-	for _, tt := range []struct{ name, dest, port string }{
-		{"direct", loginUser(t) + "@localhost", sshdPort},
-		{"gateway", "dbx@127.0.0.1", strconv.Itoa(g.port())},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			wrong := 0
-			for i := 0; i < runs; i++ {
-				out, errOut, code := runTool(t, []string{"HOME=" + home}, nil, "dbclient", "-i", dbKey, "-p", tt.port, tt.dest, "echo out; exit 3")
-				if out != "out\n" {
-					t.Fatalf("run %d: stdout %q stderr %q status %d", i, out, errOut, code)
-				}
-				if code != 3 {
-					wrong++
-				}
+	sshdKey, _, _, _, _ := gossh.ParseAuthorizedKey([]byte(d.hostKey))
+
+	type target struct{ name, user, host, port string }
+	clients := []struct {
+		name string
+		bins []string
+		g    *testGateway
+		argv func(t *testing.T, g *testGateway, to target) (env []string, args []string)
+	}{
+		{name: "plink", bins: []string{"plink", "puttygen"}, g: gw, argv: func(t *testing.T, g *testGateway, to target) ([]string, []string) {
+			fps := []string{gossh.FingerprintSHA256(sshdKey)}
+			if to.name == "gateway" {
+				fps = g.gatewayFingerprints()
 			}
-			if wrong != 0 {
-				t.Fatalf("dbclient reported the wrong exit status in %d of %d runs", wrong, runs)
+			args := []string{"-batch", "-ssh", "-P", to.port, "-i", puttyKey(t, key)}
+			for _, fp := range fps {
+				args = append(args, "-hostkey", fp)
 			}
-		})
+			return puttyEnv(t), append(args, to.user+"@"+to.host, cmd)
+		}},
+		{name: "dbclient", bins: []string{"dbclient", "dropbearconvert"}, g: gwCompat, argv: func(t *testing.T, g *testGateway, to target) ([]string, []string) {
+			// dbclient's known_hosts ignores ports and stops at the first
+			// key of a type for a name: the sshd is "localhost".
+			home := g.dropbearHome(t)
+			kh, err := os.OpenFile(filepath.Join(home, ".ssh", "known_hosts"), os.O_APPEND|os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = fmt.Fprintln(kh, "localhost "+d.hostKey)
+			kh.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return []string{"HOME=" + home}, []string{"-i", dropbearKey(t, key), "-p", to.port, to.user + "@" + to.host, cmd}
+		}},
+	}
+	for _, cl := range clients {
+		targets := []target{{"direct", loginUser(t), "localhost", sshdPort}, {"gateway", "st", "127.0.0.1", strconv.Itoa(cl.g.port())}}
+		for _, to := range targets {
+			t.Run(cl.name+" "+to.name, func(t *testing.T) {
+				requireTools(t, cl.bins...)
+				env, args := cl.argv(t, cl.g, to)
+				wrong := 0
+				for i := 0; i < runs; i++ {
+					out, errOut, code := runTool(t, env, nil, cl.name, args...)
+					if out != "out\n" {
+						t.Fatalf("run %d: stdout %q stderr %q status %d", i, out, errOut, code)
+					}
+					if code != 3 {
+						wrong++
+					}
+				}
+				if wrong != 0 {
+					t.Fatalf("%s reported the wrong exit status in %d of %d runs", cl.name, wrong, runs)
+				}
+			})
+		}
 	}
 }

@@ -73,7 +73,8 @@ type Config struct {
 	MaxForwards int
 	// MaxConns bounds concurrent connections on all listeners. Default 10000.
 	MaxConns int
-	// Ciphers offered to clients; default: see defaultCiphers.
+	// Ciphers offered to clients; default: chosen per client, see
+	// ciphersFor.
 	Ciphers []string
 	// PublicHost is the host name shown in user-facing hints
 	// ("ssh <task>@HOST -p 8002"). Default "HOST".
@@ -116,9 +117,6 @@ func (cfg *Config) setDefaults() error {
 	}
 	if cfg.MaxConns <= 0 {
 		cfg.MaxConns = 10000
-	}
-	if len(cfg.Ciphers) == 0 {
-		cfg.Ciphers = defaultCiphers()
 	}
 	if cfg.PublicHost == "" {
 		cfg.PublicHost = "HOST"

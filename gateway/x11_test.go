@@ -250,7 +250,6 @@ func expectEchoRaw(t testing.TB, addr string) {
 // is taken) must not use up the limit, or a few refusals lock the user out of
 // -R for the rest of the connection, where a direct login would work.
 func TestForwardLimitCountsGrantedForwards(t *testing.T) {
-	knownBug(t, "handleGlobalRequest counts refused tcpip-forward requests")
 	g := newTestGateway(t, func(c *Config) { c.MaxForwards = 2 })
 	key := newUserKey(t)
 	g.addVPS(t, "fref", 0, key)
@@ -276,7 +275,6 @@ func TestForwardLimitCountsGrantedForwards(t *testing.T) {
 // TestForwardLimitNotBypassedByCancel: cancelling forwards that were never
 // granted must not raise the limit.
 func TestForwardLimitNotBypassedByCancel(t *testing.T) {
-	knownBug(t, "handleGlobalRequest decrements the forward count for refused cancels")
 	g := newTestGateway(t, func(c *Config) { c.MaxForwards = 2 })
 	key := newUserKey(t)
 	g.addVPS(t, "fcancel", 0, key)

@@ -172,6 +172,11 @@ func main() {
 }
 
 func run(ctx context.Context, o options) error {
+	if o.memProfile != "" {
+		// Fine-grained sampling, so that per-session allocations of a few
+		// KiB are attributed; it slows allocation, so only when asked.
+		runtime.MemProfileRate = 4096
+	}
 	nofile, err := raiseNoFile(65536)
 	if err != nil {
 		return err

@@ -33,6 +33,10 @@ type uploadResult struct {
 	CPUSeconds float64 `json:"cpu_seconds"` // this process, utime+stime
 	SysSeconds float64 `json:"sys_seconds"` // of which stime (kernel: sockets, splice)
 	CPUPerGiB  float64 `json:"cpu_core_s_per_gib"`
+	// MachineCPUPerGiB is every CPU's busy time (/proc/stat) per GiB: the
+	// whole path's cost (ssh, sshd, docker-proxy, gateway, and whatever
+	// else ran meanwhile).
+	MachineCPUPerGiB float64 `json:"machine_cpu_core_s_per_gib"`
 }
 
 // upload streams size bytes into `cat > /dev/null` in the VPS through path
@@ -54,6 +58,10 @@ func upload(ctx context.Context, e *env, cfg string, p path, size int64) (upload
 	cmd.Stderr = &errb
 	buf := payload()
 	cpu0, sys0, err := procCPU()
+	if err != nil {
+		return uploadResult{}, err
+	}
+	busy0, err := machineBusy()
 	if err != nil {
 		return uploadResult{}, err
 	}
@@ -82,6 +90,7 @@ func upload(ctx context.Context, e *env, cfg string, p path, size int64) (upload
 	err = cmd.Wait()
 	t1 := time.Now()
 	cpu1, sys1, cerr := procCPU()
+	busy1, berr := machineBusy()
 	switch {
 	case err != nil:
 		return uploadResult{}, fmt.Errorf("upload via %s: %w: %s", p.name, err, strings.TrimSpace(errb.String()))
@@ -89,15 +98,20 @@ func upload(ctx context.Context, e *env, cfg string, p path, size int64) (upload
 		return uploadResult{}, fmt.Errorf("upload via %s: write after %d bytes: %w", p.name, written, werr)
 	case cerr != nil:
 		return uploadResult{}, cerr
+	case berr != nil:
+		return uploadResult{}, berr
 	}
 	secs := t1.Sub(t0).Seconds()
 	cpu := cpu1 - cpu0
+	gib := float64(size) / (1 << 30)
 	return uploadResult{
 		MBps:       float64(timed) / secs / 1e6,
 		Seconds:    secs,
 		CPUSeconds: cpu,
 		SysSeconds: sys1 - sys0,
-		CPUPerGiB:  cpu / (float64(size) / (1 << 30)),
+		CPUPerGiB:  cpu / gib,
+
+		MachineCPUPerGiB: (busy1 - busy0) / gib,
 	}, nil
 }
 
@@ -147,7 +161,9 @@ func runRounds(ctx context.Context, e *env, o options, res *Results) error {
 					fmt.Fprintf(&line, " %s %.0f", p.name, u.MBps)
 				}
 				cu := rd.Upload[c.name]["C"]
-				fmt.Fprintf(&line, " (C cpu %.2f core-s/GiB, %.0f%% sys)", cu.CPUPerGiB, 100*cu.SysSeconds/cu.CPUSeconds)
+				fmt.Fprintf(&line, " (C: bench process %.2f core-s/GiB, %.0f%% sys; machine A %.1f B %.1f C %.1f)", cu.CPUPerGiB,
+					100*cu.SysSeconds/max(cu.CPUSeconds, 0.01), rd.Upload[c.name]["A"].MachineCPUPerGiB,
+					rd.Upload[c.name]["B"].MachineCPUPerGiB, cu.MachineCPUPerGiB)
 			}
 		}
 		if o.only[measureConnect] {
@@ -190,6 +206,33 @@ func procCPU() (total, sys float64, err error) {
 		return 0, 0, errors.New("/proc/self/stat: bad utime/stime")
 	}
 	return float64(ut+st) / clockTicks, float64(st) / clockTicks, nil
+}
+
+// machineBusy returns the CPU seconds all CPUs spent busy since boot: the
+// first line of /proc/stat without idle and iowait.
+func machineBusy() (float64, error) {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, errors.New("/proc/stat: unexpected format")
+	}
+	var busy uint64
+	// user nice system idle iowait irq softirq steal
+	for i, v := range f[1:9] {
+		if i == 3 || i == 4 {
+			continue
+		}
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/stat: %w", err)
+		}
+		busy += n
+	}
+	return float64(busy) / clockTicks, nil
 }
 
 // clockTicks is USER_HZ, 100 on every Linux architecture Go supports.

@@ -153,6 +153,13 @@ func (r *Results) summarize() {
 			net.Target, net.Met = "C <= 1.50", judge(*net.C <= 1.5)
 			r.Summary = append(r.Summary, net)
 		}
+		mach := func(p string) []float64 {
+			field := func(u uploadResult) float64 { return u.MachineCPUPerGiB }
+			return append(upload(cipherDefault, p, field), upload(cipherGCM, p, field)...)
+		}
+		mrow := row("machine CPU per GiB, whole path (all processes)", "core-s/GiB", mach("A"), mach("B"), mach("C"))
+		mrow.Target, mrow.Met = "-", "-"
+		r.Summary = append(r.Summary, mrow)
 	}
 	if c := collect(func(rd Round) (float64, bool) { x, ok := rd.ConnectMs["C"]; return x, ok }); len(c) > 0 {
 		get := func(p string) []float64 {
@@ -195,8 +202,8 @@ func (r *Results) summarize() {
 }
 
 func (r *Results) printTable(w io.Writer) {
-	fmt.Fprintf(w, "medians over %d rounds (A = direct OpenSSH, B = OpenSSH ProxyJump, C = kohakuriver gateway); upload %s each\n",
-		r.Params.Rounds, humanBytes(r.Params.SizeBytes))
+	fmt.Fprintf(w, "medians over %d rounds (A = direct OpenSSH, B = OpenSSH ProxyJump, C = kohakuriver gateway); upload %s each; load average %s at start, %s at end\n",
+		r.Params.Rounds, humanBytes(r.Params.SizeBytes), r.Machine.LoadAvgStart, r.Machine.LoadAvgEnd)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "measure\tunit\tA direct\tB jump\tC gateway\tC/A\tC/B\ttarget\tmet")
 	f := func(x *float64, prec int) string {

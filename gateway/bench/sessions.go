@@ -55,6 +55,7 @@ type SessionResult struct {
 	RSSAfterClose    int64          `json:"rss_after_close_bytes"`
 	RSSPerSessionKiB float64        `json:"rss_per_session_kib"`
 	HeapPerSession   float64        `json:"heap_inuse_per_session_kib"`
+	StackPerSession  float64        `json:"stack_inuse_per_session_kib"`
 	GoroutinesPer    float64        `json:"goroutines_per_session"`
 	FDsPer           float64        `json:"fds_per_session"`
 	VPSMemPerSession float64        `json:"vps_memory_per_session_kib,omitempty"`
@@ -68,8 +69,8 @@ func (s *SessionResult) print(w io.Writer) {
 		s.EstablishSeconds, s.VerifySeconds, s.CloseSeconds, s.ActiveConns)
 	fmt.Fprintf(w, "  host+gateway+agent RSS: %.1f MiB before, %.1f MiB open, %.1f MiB after close (after runtime.GC + FreeOSMemory)\n",
 		mib(s.RSSBefore), mib(s.RSSOpen), mib(s.RSSAfterClose))
-	fmt.Fprintf(w, "  per session: %.1f KiB RSS, %.1f KiB Go heap in use, %.1f goroutines, %.1f fds\n",
-		s.RSSPerSessionKiB, s.HeapPerSession, s.GoroutinesPer, s.FDsPer)
+	fmt.Fprintf(w, "  per session: %.1f KiB RSS, %.1f KiB Go heap in use, %.1f KiB goroutine stacks, %.1f goroutines, %.1f fds\n",
+		s.RSSPerSessionKiB, s.HeapPerSession, s.StackPerSession, s.GoroutinesPer, s.FDsPer)
 	if s.VPSPids > 0 {
 		fmt.Fprintf(w, "  VPS container: %d processes while open, %.0f KiB memory per session (its cgroup)\n", s.VPSPids, s.VPSMemPerSession)
 	}
@@ -91,13 +92,12 @@ type childReport struct {
 
 // settledRSS collects garbage, returns freed memory to the OS and reads
 // VmRSS, so that before and after compare live memory.
-func settledRSS() (rss int64, heap uint64) {
+func settledRSS() (rss int64, ms runtime.MemStats) {
 	runtime.GC()
 	debug.FreeOSMemory()
-	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	rss, _ = vmRSS()
-	return rss, ms.HeapInuse
+	return rss, ms
 }
 
 func runSessions(ctx context.Context, e *env, o options) (SessionResult, error) {
@@ -107,7 +107,7 @@ func runSessions(ctx context.Context, e *env, o options) (SessionResult, error) 
 	if err := waitUntil(ctx, time.Minute, "gateway idle", func() bool { return gw.ActiveConns() == 0 }); err != nil {
 		return res, err
 	}
-	rss0, heap0 := settledRSS()
+	rss0, ms0 := settledRSS()
 	g0, fd0 := runtime.NumGoroutine(), openFDs()
 	vps0 := e.containerStats()
 
@@ -159,13 +159,14 @@ func runSessions(ctx context.Context, e *env, o options) (SessionResult, error) 
 	res.EstablishSeconds, res.VerifySeconds, res.Errors = rep.EstablishSeconds, rep.VerifySeconds, rep.Errors
 
 	res.ActiveConns = gw.ActiveConns()
-	rss1, heap1 := settledRSS()
+	rss1, ms1 := settledRSS()
 	g1, fd1 := runtime.NumGoroutine(), openFDs()
 	vps1 := e.containerStats()
 	res.RSSBefore, res.RSSOpen = rss0, rss1
 	if k := res.Established; k > 0 {
 		res.RSSPerSessionKiB = float64(rss1-rss0) / 1024 / float64(k)
-		res.HeapPerSession = (float64(heap1) - float64(heap0)) / 1024 / float64(k)
+		res.HeapPerSession = (float64(ms1.HeapInuse) - float64(ms0.HeapInuse)) / 1024 / float64(k)
+		res.StackPerSession = (float64(ms1.StackInuse) - float64(ms0.StackInuse)) / 1024 / float64(k)
 		res.GoroutinesPer = float64(g1-g0) / float64(k)
 		res.FDsPer = float64(fd1-fd0) / float64(k)
 		if vps0.ok && vps1.ok {
@@ -177,7 +178,7 @@ func runSessions(ctx context.Context, e *env, o options) (SessionResult, error) 
 		if err := writeHeapProfile(o.memProfile); err != nil {
 			return res, err
 		}
-		fmt.Printf("heap profile with %d sessions open written to %s\n", res.Established, o.memProfile)
+		fmt.Printf("heap profile with %d sessions open written to %s (goroutines: %[2]s.goroutines)\n", res.Established, o.memProfile)
 	}
 
 	// Release the child: it closes every client.
@@ -200,17 +201,30 @@ func runSessions(ctx context.Context, e *env, o options) (SessionResult, error) 
 	return res, nil
 }
 
+// writeHeapProfile writes the heap profile to path and the goroutines, by
+// stack, as text to path + ".goroutines".
 func writeHeapProfile(path string) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
 	runtime.GC()
-	if err := pprof.WriteHeapProfile(f); err != nil {
-		f.Close()
-		return err
+	for _, p := range []struct {
+		file  string
+		write func(io.Writer) error
+	}{
+		{path, pprof.WriteHeapProfile},
+		{path + ".goroutines", func(w io.Writer) error { return pprof.Lookup("goroutine").WriteTo(w, 1) }},
+	} {
+		f, err := os.Create(p.file)
+		if err != nil {
+			return err
+		}
+		if err := p.write(f); err != nil {
+			f.Close()
+			return err
+		}
+		if err := f.Close(); err != nil {
+			return err
+		}
 	}
-	return f.Close()
+	return nil
 }
 
 // vpsStats is the VPS container's cgroup (v1 or v2) memory and pid count.
