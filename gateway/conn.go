@@ -86,7 +86,39 @@ type conn struct {
 	downReady chan struct{}
 	down      gossh.Conn
 
+	// sessions are the client's open session channels, for last words
+	// (tellSessions); guarded by mu.
+	sessions map[gossh.Channel]struct{}
+
 	closeOnce sync.Once
+}
+
+func (c *conn) trackSession(ch gossh.Channel, add bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !add {
+		delete(c.sessions, ch)
+		return
+	}
+	if c.sessions == nil {
+		c.sessions = map[gossh.Channel]struct{}{}
+	}
+	c.sessions[ch] = struct{}{}
+}
+
+// tellSessions writes a last message to the stderr of every open session,
+// before the gateway closes the connection under them.
+func (c *conn) tellSessions(msg string) {
+	c.mu.Lock()
+	chs := make([]gossh.Channel, 0, len(c.sessions))
+	for ch := range c.sessions {
+		chs = append(chs, ch)
+	}
+	c.mu.Unlock()
+	line := "\r\nkohakuriver: " + msg + " (conn " + c.id + ")\r\n"
+	for _, ch := range chs {
+		_, _ = ch.Stderr().Write([]byte(line))
+	}
 }
 
 func newConnID() string {

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -180,5 +181,42 @@ func TestReloadLimits(t *testing.T) {
 	for _, c := range open {
 		expectEcho(t, func() (net.Conn, error) { return c, nil })
 		c.Close()
+	}
+}
+
+// TestShutdownDrainsThenTells: Shutdown lets a session finish within the
+// drain time; one that outlives it is told why before it is cut.
+func TestShutdownDrainsThenTells(t *testing.T) {
+	g := newTestGateway(t, nil)
+	key := newUserKey(t)
+	g.addVPS(t, "drain", 0, key)
+	short := dialGo(t, g, key, "drain")
+	long := dialGo(t, g, key, "drain")
+	shortSess, _ := short.NewSession()
+	longSess, _ := long.NewSession()
+	var longErr strings.Builder
+	longSess.Stderr = &longErr
+	shortDone := make(chan error, 1)
+	longDone := make(chan error, 1)
+	go func() { shortDone <- shortSess.Run("sleep 1; echo finished") }()
+	if err := longSess.Start("sleep 60"); err != nil {
+		t.Fatal(err)
+	}
+	go func() { longDone <- longSess.Wait() }()
+	time.Sleep(300 * time.Millisecond) // both sessions are running
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	_ = g.srv.Shutdown(ctx)
+	if err := <-shortDone; err != nil {
+		t.Fatalf("a session within the drain time was cut: %v", err)
+	}
+	select {
+	case <-longDone:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the long session was not closed after the drain time")
+	}
+	if !strings.Contains(longErr.String(), "the gateway is shutting down") {
+		t.Fatalf("the long session was not told why: %q", longErr.String())
 	}
 }

@@ -96,6 +96,8 @@ func (c *conn) openPair(nc gossh.NewChannel, other gossh.Conn, from string) {
 	// Requests from the VPS side carry exit-status and exit-signal.
 	toVPS, toClient := tap{}, tap{onRequest: c.noteExit, eofAfterExit: nc.ChannelType() == "session" && from == "client"}
 	if nc.ChannelType() == "session" && from == "client" {
+		c.trackSession(ch, true)
+		defer c.trackSession(ch, false)
 		c.explainLostVPS(&toClient)
 		if rec := c.srv.newRecording(c); rec != nil {
 			defer rec.close()

@@ -362,6 +362,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
+			s.mu.Lock()
+			conns := make([]*conn, 0, len(s.conns))
+			for c := range s.conns {
+				conns = append(conns, c)
+			}
+			s.mu.Unlock()
+			for _, c := range conns {
+				c.tellSessions("the gateway is shutting down; reconnect in a moment")
+			}
 			s.Close()
 			return ctx.Err()
 		case <-t.C:
