@@ -125,8 +125,8 @@ func parseFlags(args []string) (options, error) {
 		return o, errors.New("-bulk-samples must be 1..200")
 	case o.portMin < 1024 || o.portMax > 65535 || o.portMax-o.portMin < o.bulk:
 		return o, fmt.Errorf("-port-min..-port-max must lie in 1024..65535 and hold -bulk + 1 = %d ports", o.bulk+1)
-	case o.size < 2<<20:
-		return o, errors.New("-size must be at least 2M")
+	case o.size < 4<<20:
+		return o, errors.New("-size must be at least 4M")
 	}
 	return o, nil
 }

@@ -41,23 +41,24 @@ type uploadResult struct {
 }
 
 // upload streams size bytes into `cat > /dev/null` in the VPS through path
-// p. The clock starts when the first chunk has been taken by ssh (so after
-// connect and authentication) and stops when ssh exits, which is after cat
-// read EOF and the exit status came back. The CPU figure covers the whole
-// run, connect included.
+// p. The clock starts when ssh has taken the first MiB (so after connect and
+// authentication) and stops when ssh exits, which is after cat read EOF and
+// the exit status came back. The CPU figures cover the whole run, connect
+// included.
 func upload(ctx context.Context, e *env, cfg string, p path, size int64) (uploadResult, error) {
 	// Bounded: even at 5 MB/s the upload ends in time.
 	ctx, cancel := context.WithTimeout(ctx, time.Minute+time.Duration(size/5e6)*time.Second)
 	defer cancel()
 	args := append([]string{"-F", cfg}, p.args...)
 	cmd := exec.CommandContext(ctx, "ssh", append(args, "cat > /dev/null")...)
-	stdin, err := cmd.StdinPipe()
+	pr, stdin, err := os.Pipe()
 	if err != nil {
 		return uploadResult{}, err
 	}
-	if f, ok := stdin.(*os.File); ok {
-		growPipe(f)
-	}
+	defer pr.Close()
+	defer stdin.Close()
+	growPipe(stdin)
+	cmd.Stdin = pr
 	var errb bytes.Buffer
 	cmd.Stderr = &errb
 	buf := payload()
@@ -69,12 +70,14 @@ func upload(ctx context.Context, e *env, cfg string, p path, size int64) (upload
 	if err != nil {
 		return uploadResult{}, err
 	}
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	pr.Close() // ssh has its own copy
+	if err != nil {
 		return uploadResult{}, err
 	}
 	var (
 		t0      time.Time
-		timed   int64 // bytes written after t0
+		untimed int64 // bytes written before t0
 		written int64
 		werr    error
 	)
@@ -84,10 +87,10 @@ func upload(ctx context.Context, e *env, cfg string, p path, size int64) (upload
 			break
 		}
 		written += n
-		if t0.IsZero() {
-			t0 = time.Now()
-		} else {
-			timed += n
+		// The first chunk fits in the pipe; the second returns once ssh
+		// has read, that is once the session is up.
+		if t0.IsZero() && written >= 2*chunkSize {
+			t0, untimed = time.Now(), written
 		}
 	}
 	stdin.Close()
@@ -109,7 +112,7 @@ func upload(ctx context.Context, e *env, cfg string, p path, size int64) (upload
 	cpu := cpu1 - cpu0
 	gib := float64(size) / (1 << 30)
 	return uploadResult{
-		MBps:       float64(timed) / secs / 1e6,
+		MBps:       float64(size-untimed) / secs / 1e6,
 		Seconds:    secs,
 		CPUSeconds: cpu,
 		SysSeconds: sys1 - sys0,
