@@ -12,8 +12,12 @@ test:
 image:
     bash testdata/vpsimage/build.sh
 
-# Benchmarks against OpenSSH, side by side.
+# Benchmarks against OpenSSH, side by side (about 15 minutes; see gateway/bench/README.md).
 bench:
+    go run ./gateway/bench -rounds 5 -size 1G -sessions 200 -json /tmp/kohakuriver-bench.json
+
+# In-process relay benchmarks, for regressions.
+bench-relay:
     go test -run '^$' -bench . -benchtime 3x ./gateway/
 
 # Soak: 2,000 concurrent sessions moving checksummed data for 2 minutes.
