@@ -179,7 +179,7 @@ func TestAgentForwarding(t *testing.T) {
 	}
 	g := newTestGateway(t, nil)
 	key := newUserKey(t)
-	g.addVPS(t, "agent", 0, key)
+	_, d := g.addVPS(t, "agent", 0, key)
 	sock := filepath.Join(t.TempDir(), "agent.sock")
 	agentCmd := exec.Command("ssh-agent", "-D", "-a", sock)
 	if err := agentCmd.Start(); err != nil {
@@ -216,6 +216,21 @@ func TestAgentForwarding(t *testing.T) {
 	out, errOut, code := runSSH(t, nil, append([]string{"-A"}, args...)...)
 	if code != 0 || !strings.Contains(out, key.auth.Fingerprint) {
 		t.Fatalf("ssh -A ssh-add -l: status %d stdout %q stderr %q; want %s", code, out, errOut, key.auth.Fingerprint)
+	}
+	// ...and ssh from the VPS onward to another host logs in with it (the
+	// VPS's own sshd, made to trust the user's key, stands in for it).
+	f, err := os.OpenFile(filepath.Join(d.dir, "authorized_keys"), os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintln(f, key.auth.Line)
+	f.Close()
+	host, port, _ := net.SplitHostPort(d.addr)
+	onward := fmt.Sprintf("ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -p %s %s@%s echo onward", port, loginUser(t), host)
+	args[len(args)-1] = onward
+	out, errOut, code = runSSH(t, nil, append([]string{"-A"}, args...)...)
+	if code != 0 || out != "onward\n" {
+		t.Fatalf("onward ssh with the forwarded agent: status %d stdout %q stderr %q", code, out, errOut)
 	}
 }
 
