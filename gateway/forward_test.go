@@ -23,7 +23,14 @@ import (
 // service inside the VPS.
 func echoServer(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return serveEcho(t, "tcp", "127.0.0.1:0")
+}
+
+// serveEcho listens on network/address and answers each line with
+// "echo:" + line until the test ends; it returns the bound address.
+func serveEcho(t testing.TB, network, address string) string {
+	t.Helper()
+	ln, err := net.Listen(network, address)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bufio"
 	"fmt"
 	"net"
 	"os"
@@ -15,28 +14,7 @@ import (
 // test sshd shares this machine's filesystem).
 func unixEchoServer(t *testing.T) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "echo.sock")
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				sc := bufio.NewScanner(c)
-				for sc.Scan() {
-					fmt.Fprintf(c, "echo:%s\n", sc.Text())
-				}
-			}()
-		}
-	}()
-	return path
+	return serveEcho(t, "unix", filepath.Join(t.TempDir(), "echo.sock"))
 }
 
 // TestLocalForwardToUnixSocket: -L to a unix socket in the VPS
