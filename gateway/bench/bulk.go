@@ -29,22 +29,30 @@ type BulkResult struct {
 	InsertSeconds     float64   `json:"insert_seconds"`
 	ListenWaitSeconds float64   `json:"listen_wait_seconds"`
 	FDs               int       `json:"open_fds_after"`
+	DeleteSeconds     float64   `json:"delete_seconds"`
 	BeforeA           []float64 `json:"before_a_ms"`
 	BeforeC           []float64 `json:"before_c_ms"`
-	AfterA            []float64 `json:"after_a_ms"`
+	AfterA            []float64 `json:"after_a_ms"` // with the records
 	AfterC            []float64 `json:"after_c_ms"`
+	RemovedA          []float64 `json:"removed_a_ms"` // after deleting them again
+	RemovedC          []float64 `json:"removed_c_ms"`
 	RatioA            float64   `json:"ratio_a"` // after/before medians, direct
 	RatioC            float64   `json:"ratio_c"` // after/before medians, gateway
-	// RatioNormalized is RatioC / RatioA: the gateway's change with the
-	// machine's drift (seen on the direct path) divided out.
-	RatioNormalized float64 `json:"ratio_c_over_a"`
+	// RatioABA* compare "after" with the mean of "before" and "removed"
+	// (drift of the machine during the run cancels to first order), and
+	// RatioNormalized divides the gateway's by the direct path's.
+	RatioABAA       float64 `json:"ratio_aba_a"`
+	RatioABAC       float64 `json:"ratio_aba_c"`
+	RatioNormalized float64 `json:"ratio_aba_c_over_a"`
 }
 
 func (b *BulkResult) print(w io.Writer) {
 	fmt.Fprintf(w, "scale: %d VPS records (%d running on a fake node), %d gateway port listeners; insert %.1f s, listeners up %.1f s later; %d fds open\n",
 		b.Records, b.Running, b.Listening, b.InsertSeconds, b.ListenWaitSeconds, b.FDs)
-	fmt.Fprintf(w, "  connect + true medians, ms: before A %.1f C %.1f | after A %.1f C %.1f | C after/before %.3f, A after/before %.3f, normalized %.3f\n",
-		median(b.BeforeA), median(b.BeforeC), median(b.AfterA), median(b.AfterC), b.RatioC, b.RatioA, b.RatioNormalized)
+	fmt.Fprintf(w, "  connect + true medians, ms: before A %.1f C %.1f | with the records A %.1f C %.1f | deleted again (%.1f s) A %.1f C %.1f\n",
+		median(b.BeforeA), median(b.BeforeC), median(b.AfterA), median(b.AfterC), b.DeleteSeconds, median(b.RemovedA), median(b.RemovedC))
+	fmt.Fprintf(w, "  with/before: C %.3f, A %.3f | with/mean(before, deleted): C %.3f, A %.3f, C/A %.3f\n",
+		b.RatioC, b.RatioA, b.RatioABAC, b.RatioABAA, b.RatioNormalized)
 }
 
 func runBulk(ctx context.Context, e *env, o options) (BulkResult, error) {
@@ -77,6 +85,7 @@ func runBulk(ctx context.Context, e *env, o options) (BulkResult, error) {
 	st := e.host.Store()
 	start := time.Now()
 	ports := make([]int, 0, o.bulkRunning)
+	ids := make([]string, 0, o.bulk)
 	for i := range o.bulk {
 		if ctx.Err() != nil {
 			return res, ctx.Err()
@@ -96,6 +105,7 @@ func runBulk(ctx context.Context, e *env, o options) (BulkResult, error) {
 		if err != nil {
 			return res, fmt.Errorf("insert record %d: %w", i, err)
 		}
+		ids = append(ids, v.TaskID)
 		if status == store.StatusRunning {
 			ports = append(ports, v.SSHPort)
 		}
@@ -137,9 +147,33 @@ func runBulk(ctx context.Context, e *env, o options) (BulkResult, error) {
 	if err := sample(&res.AfterA, &res.AfterC); err != nil {
 		return res, err
 	}
+
+	// Delete them again and measure once more: before and removed bracket
+	// the "with" samples in time.
+	fmt.Printf("scale: deleting the %d records...\n", o.bulk)
+	start = time.Now()
+	for _, id := range ids {
+		if ctx.Err() != nil {
+			return res, ctx.Err()
+		}
+		if err := st.DeleteVPS(ctx, id); err != nil {
+			return res, fmt.Errorf("delete record %s: %w", id, err)
+		}
+	}
+	if err := waitUntil(ctx, 3*time.Minute, "port listeners to close", func() bool { return listening() == 0 }); err != nil {
+		return res, err
+	}
+	res.DeleteSeconds = time.Since(start).Seconds()
+	fmt.Printf("scale: %d samples each on A and C after deleting them...\n", o.bulkSamples)
+	if err := sample(&res.RemovedA, &res.RemovedC); err != nil {
+		return res, err
+	}
+
 	res.RatioA = median(res.AfterA) / median(res.BeforeA)
 	res.RatioC = median(res.AfterC) / median(res.BeforeC)
-	res.RatioNormalized = res.RatioC / res.RatioA
+	res.RatioABAA = median(res.AfterA) / ((median(res.BeforeA) + median(res.RemovedA)) / 2)
+	res.RatioABAC = median(res.AfterC) / ((median(res.BeforeC) + median(res.RemovedC)) / 2)
+	res.RatioNormalized = res.RatioABAC / res.RatioABAA
 	res.print(os.Stdout)
 	return res, nil
 }

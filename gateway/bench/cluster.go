@@ -41,10 +41,13 @@ type env struct {
 	admin       *api.Client
 
 	vps         store.VPS
-	containerID string       // the VPS's container, for its cgroup figures
-	keyPath     string       // client private key (OpenSSH PEM)
-	signer      gossh.Signer // the same key, for Go clients
-	keyLine     string       // its authorized_keys line
+	containerID string      // the VPS's container, for its cgroup figures
+	extra       []store.VPS // more VPSs for the sessions measure
+	extraIDs    []string    // and their containers
+
+	keyPath string       // client private key (OpenSSH PEM)
+	signer  gossh.Signer // the same key, for Go clients
+	keyLine string       // its authorized_keys line
 
 	directPort int // VPS sshd published on 127.0.0.1
 	gwPort     int
@@ -201,18 +204,55 @@ func (e *env) startAgent(ctx context.Context, log *slog.Logger) error {
 	})
 }
 
-func (e *env) createVPS(ctx context.Context) error {
+// newVPS creates a VPS on the agent's node with the client key.
+func (e *env) newVPS(ctx context.Context, name string) (store.VPS, error) {
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	v, err := e.admin.CreateVPS(cctx, api.CreateVPSRequest{
-		Name: "bench", Node: e.nodeName, KeyMode: store.KeyModeString, PublicKeys: []string{e.keyLine},
+		Name: name, Node: e.nodeName, KeyMode: store.KeyModeString, PublicKeys: []string{e.keyLine},
 	})
 	if err != nil {
-		return fmt.Errorf("create vps: %w", err)
+		return v, fmt.Errorf("create vps %s: %w", name, err)
 	}
-	e.vps = v
 	if v.Status != store.StatusRunning || len(v.HostKeys) == 0 {
-		return fmt.Errorf("create vps: status %s, %d host keys: %s", v.Status, len(v.HostKeys), v.Message)
+		return v, fmt.Errorf("create vps %s: status %s, %d host keys: %s", name, v.Status, len(v.HostKeys), v.Message)
+	}
+	return v, nil
+}
+
+// addSessionVPSs makes sure there are n VPSs in all (the main one and
+// n-1 extra) and returns their task ids.
+func (e *env) addSessionVPSs(ctx context.Context, n int) ([]string, error) {
+	for len(e.extra) < n-1 {
+		v, err := e.newVPS(ctx, fmt.Sprintf("bench-%d", len(e.extra)+2))
+		if v.TaskID != "" {
+			e.extra = append(e.extra, v) // delete it in close even if it failed
+		}
+		if err != nil {
+			return nil, err
+		}
+		info, err := e.rt.Inspect(ctx, v.TaskID)
+		if err != nil {
+			return nil, fmt.Errorf("inspect vps %s: %w", v.TaskID, err)
+		}
+		e.extraIDs = append(e.extraIDs, info.ContainerID)
+	}
+	ids := []string{e.vps.TaskID}
+	for _, v := range e.extra[:n-1] {
+		ids = append(ids, v.TaskID)
+	}
+	return ids, nil
+}
+
+func (e *env) createVPS(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	v, err := e.newVPS(cctx, "bench")
+	if v.TaskID != "" {
+		e.vps = v
+	}
+	if err != nil {
+		return err
 	}
 	// The direct path: where the agent's runtime published the sshd.
 	addr, err := e.rt.SSHAddr(cctx, v.TaskID)
@@ -348,12 +388,17 @@ func (e *env) close() {
 		<-e.jumpDone
 		e.jump = nil
 	}
-	if e.admin != nil && e.vps.TaskID != "" {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		if err := e.admin.DeleteVPS(ctx, e.vps.TaskID, true); err != nil {
-			fmt.Fprintf(os.Stderr, "bench: delete vps %s: %v\n", e.vps.TaskID, err)
+	if e.admin != nil {
+		for _, v := range append([]store.VPS{e.vps}, e.extra...) {
+			if v.TaskID == "" {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			if err := e.admin.DeleteVPS(ctx, v.TaskID, true); err != nil {
+				fmt.Fprintf(os.Stderr, "bench: delete vps %s: %v\n", v.TaskID, err)
+			}
+			cancel()
 		}
-		cancel()
 	}
 	if e.agentCancel != nil {
 		e.agentCancel()

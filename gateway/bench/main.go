@@ -38,6 +38,7 @@ type options struct {
 	latencyN    int
 	sessions    int
 	sessionConc int
+	sessionVPS  int
 	bulk        int
 	bulkRunning int
 	bulkSamples int
@@ -74,9 +75,10 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.latencyN, "latency-n", 5, "connect + true samples per path per round (the round's value is their median)")
 	fs.IntVar(&o.sessions, "sessions", 200, fmt.Sprintf("concurrent interactive sessions through the gateway (max %d)", maxSessions))
 	fs.IntVar(&o.sessionConc, "session-dial-concurrency", 8, "sessions being set up at once (the VPS sshd drops unauthenticated connections past MaxStartups 10)")
+	fs.IntVar(&o.sessionVPS, "session-vps", 0, fmt.Sprintf("VPSs the sessions are spread over; 0: one per %d sessions (a VPS on a fuse-overlayfs engine runs out of descriptors at about 400)", sessionsPerVPS))
 	fs.IntVar(&o.bulk, "bulk", 10000, "VPS records inserted into the store for the scale measure")
 	fs.IntVar(&o.bulkRunning, "bulk-running", 2000, "how many of the -bulk records are running (each gets a gateway port listener)")
-	fs.IntVar(&o.bulkSamples, "bulk-samples", 15, "connect + true samples per path before and after the bulk insert")
+	fs.IntVar(&o.bulkSamples, "bulk-samples", 21, "connect + true samples per path before the bulk insert, with the records, and after deleting them")
 	fs.IntVar(&o.portMin, "port-min", 30000, "first per-VPS gateway port (the range must hold -bulk + 1 ports)")
 	fs.IntVar(&o.portMax, "port-max", 41000, "last per-VPS gateway port")
 	fs.StringVar(&only, "only", strings.Join(allMeasures, ","), "measures to run, comma-separated: "+strings.Join(allMeasures, ","))
@@ -117,6 +119,8 @@ func parseFlags(args []string) (options, error) {
 		return o, errors.New("-latency-n must be 1..100")
 	case o.sessions < 1 || o.sessions > maxSessions:
 		return o, fmt.Errorf("-sessions must be 1..%d", maxSessions)
+	case o.sessionVPS < 0 || o.sessionVPS > 16:
+		return o, errors.New("-session-vps must be 0..16")
 	case o.sessionConc < 1 || o.sessionConc > 64:
 		return o, errors.New("-session-dial-concurrency must be 1..64")
 	case o.bulk < 0 || o.bulkRunning < 0 || o.bulkRunning > o.bulk:
@@ -128,8 +132,18 @@ func parseFlags(args []string) (options, error) {
 	case o.size < 4<<20:
 		return o, errors.New("-size must be at least 4M")
 	}
+	if o.sessionVPS == 0 {
+		o.sessionVPS = (o.sessions + sessionsPerVPS - 1) / sessionsPerVPS
+	}
 	return o, nil
 }
+
+// sessionsPerVPS is the default spread of the sessions measure. Every
+// session holds about 45 open files of the VPS's root file system; on a
+// Docker engine with the fuse-overlayfs storage driver those are
+// descriptors of one fuse-overlayfs process per container, which has the
+// engine's RLIMIT_NOFILE (20000 here): about 400 sessions per VPS.
+const sessionsPerVPS = 250
 
 // parseSize reads "1G", "512M", "64MiB", "1048576".
 func parseSize(s string) (int64, error) {

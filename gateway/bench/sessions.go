@@ -33,7 +33,7 @@ const sessionsChildArg = "-sessions-child"
 // Environment of the child.
 const (
 	envAddr     = "KOHAKURIVER_BENCH_ADDR"
-	envUser     = "KOHAKURIVER_BENCH_USER"
+	envUsers    = "KOHAKURIVER_BENCH_USERS" // comma-separated; session i uses user i mod len
 	envKey      = "KOHAKURIVER_BENCH_KEY"
 	envHostKeys = "KOHAKURIVER_BENCH_HOST_KEYS"
 	envN        = "KOHAKURIVER_BENCH_N"
@@ -42,37 +42,40 @@ const (
 
 // SessionResult is the concurrent sessions measure.
 type SessionResult struct {
-	Requested        int            `json:"requested"`
-	Established      int            `json:"established"`
-	Verified         int            `json:"verified"` // both echoes exact while all were open
-	EstablishSeconds float64        `json:"establish_seconds"`
-	VerifySeconds    float64        `json:"verify_seconds"`
-	CloseSeconds     float64        `json:"close_seconds"` // until the gateway had no connection left
-	Errors           map[string]int `json:"errors,omitempty"`
-	ActiveConns      int            `json:"gateway_active_conns"`
-	RSSBefore        int64          `json:"rss_before_bytes"`
-	RSSOpen          int64          `json:"rss_open_bytes"`
-	RSSAfterClose    int64          `json:"rss_after_close_bytes"`
-	RSSPerSessionKiB float64        `json:"rss_per_session_kib"`
-	HeapPerSession   float64        `json:"heap_inuse_per_session_kib"`
-	StackPerSession  float64        `json:"stack_inuse_per_session_kib"`
-	GoroutinesPer    float64        `json:"goroutines_per_session"`
-	FDsPer           float64        `json:"fds_per_session"`
-	VPSMemPerSession float64        `json:"vps_memory_per_session_kib,omitempty"`
-	VPSPids          int64          `json:"vps_pids_open,omitempty"`
+	Requested         int            `json:"requested"`
+	VPSs              int            `json:"vpss"` // the sessions are spread over this many VPSs
+	Established       int            `json:"established"`
+	Verified          int            `json:"verified"` // both echoes exact while all were open
+	EstablishSeconds  float64        `json:"establish_seconds"`
+	VerifySeconds     float64        `json:"verify_seconds"`
+	CloseSeconds      float64        `json:"close_seconds"` // until the gateway had no connection left
+	Errors            map[string]int `json:"errors,omitempty"`
+	ActiveConns       int            `json:"gateway_active_conns"`
+	RSSBefore         int64          `json:"rss_before_bytes"`
+	RSSOpen           int64          `json:"rss_open_bytes"`
+	RSSAfterClose     int64          `json:"rss_after_close_bytes"`
+	RSSPerSessionKiB  float64        `json:"rss_per_session_kib"`
+	HeapPerSession    float64        `json:"heap_inuse_per_session_kib"`
+	StackPerSession   float64        `json:"stack_inuse_per_session_kib"`
+	GoroutinesPer     float64        `json:"goroutines_per_session"`
+	FDsPer            float64        `json:"fds_per_session"`
+	GoroutinesAfter   int            `json:"goroutines_left_after_close"` // over the count before
+	HeapAfterCloseKiB float64        `json:"heap_inuse_left_after_close_kib"`
+	VPSMemPerSession  float64        `json:"vps_memory_per_session_kib,omitempty"`
+	VPSPids           int64          `json:"vps_pids_open,omitempty"`
 }
 
 func (s *SessionResult) print(w io.Writer) {
-	fmt.Fprintf(w, "sessions: %d requested, %d established, %d verified (a unique line echoed by cat under a pty, twice, the second time with all open)\n",
-		s.Requested, s.Established, s.Verified)
+	fmt.Fprintf(w, "sessions: %d requested over %d VPS(s), %d established, %d verified (a unique line echoed by cat under a pty, twice, the second time with all open)\n",
+		s.Requested, s.VPSs, s.Established, s.Verified)
 	fmt.Fprintf(w, "  open all: %.1f s, echo all: %.2f s, close all: %.1f s; gateway conns while open: %d\n",
 		s.EstablishSeconds, s.VerifySeconds, s.CloseSeconds, s.ActiveConns)
-	fmt.Fprintf(w, "  host+gateway+agent RSS: %.1f MiB before, %.1f MiB open, %.1f MiB after close (after runtime.GC + FreeOSMemory)\n",
-		mib(s.RSSBefore), mib(s.RSSOpen), mib(s.RSSAfterClose))
+	fmt.Fprintf(w, "  host+gateway+agent RSS: %.1f MiB before, %.1f MiB open, %.1f MiB after close (after runtime.GC + FreeOSMemory); left after close: %d goroutines, %.0f KiB heap\n",
+		mib(s.RSSBefore), mib(s.RSSOpen), mib(s.RSSAfterClose), s.GoroutinesAfter, s.HeapAfterCloseKiB)
 	fmt.Fprintf(w, "  per session: %.1f KiB RSS, %.1f KiB Go heap in use, %.1f KiB goroutine stacks, %.1f goroutines, %.1f fds\n",
 		s.RSSPerSessionKiB, s.HeapPerSession, s.StackPerSession, s.GoroutinesPer, s.FDsPer)
 	if s.VPSPids > 0 {
-		fmt.Fprintf(w, "  VPS container: %d processes while open, %.0f KiB memory per session (its cgroup)\n", s.VPSPids, s.VPSMemPerSession)
+		fmt.Fprintf(w, "  VPS containers: %d processes while open, %.0f KiB memory per session (their cgroups)\n", s.VPSPids, s.VPSMemPerSession)
 	}
 	for msg, n := range s.Errors {
 		fmt.Fprintf(w, "  error x%d: %s\n", n, msg)
@@ -107,6 +110,11 @@ func runSessions(ctx context.Context, e *env, o options) (SessionResult, error) 
 	if err := waitUntil(ctx, time.Minute, "gateway idle", func() bool { return gw.ActiveConns() == 0 }); err != nil {
 		return res, err
 	}
+	users, err := e.addSessionVPSs(ctx, o.sessionVPS)
+	if err != nil {
+		return res, err
+	}
+	res.VPSs = len(users)
 	rss0, ms0 := settledRSS()
 	g0, fd0 := runtime.NumGoroutine(), openFDs()
 	vps0 := e.containerStats()
@@ -123,7 +131,7 @@ func runSessions(ctx context.Context, e *env, o options) (SessionResult, error) 
 	defer cancel()
 	cmd := exec.CommandContext(cctx, exe, sessionsChildArg)
 	cmd.Env = append(os.Environ(),
-		envAddr+"=127.0.0.1:"+strconv.Itoa(e.gwPort), envUser+"="+e.vps.TaskID, envKey+"="+e.keyPath,
+		envAddr+"=127.0.0.1:"+strconv.Itoa(e.gwPort), envUsers+"="+strings.Join(users, ","), envKey+"="+e.keyPath,
 		envHostKeys+"="+strings.Join(hostKeys, "\n"), envN+"="+strconv.Itoa(n), envConc+"="+strconv.Itoa(o.sessionConc))
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -135,7 +143,7 @@ func runSessions(ctx context.Context, e *env, o options) (SessionResult, error) 
 	}
 	childErr := &lockedBuffer{}
 	cmd.Stderr = childErr
-	fmt.Printf("sessions: opening %d pty sessions running cat through the gateway (%d at a time)...\n", n, o.sessionConc)
+	fmt.Printf("sessions: opening %d pty sessions running cat through the gateway into %d VPS(s) (%d at a time)...\n", n, len(users), o.sessionConc)
 	if err := cmd.Start(); err != nil {
 		return res, err
 	}
@@ -196,7 +204,13 @@ func runSessions(ctx context.Context, e *env, o options) (SessionResult, error) 
 		return res, err
 	}
 	res.CloseSeconds = time.Since(closeStart).Seconds()
-	res.RSSAfterClose, _ = settledRSS()
+	// Goroutines that outlive their connection would show here; give the
+	// hop's teardown (it waits for channels to drain) a moment first.
+	_ = waitUntil(ctx, 10*time.Second, "goroutines to end", func() bool { return runtime.NumGoroutine() <= g0 })
+	var ms2 runtime.MemStats
+	res.RSSAfterClose, ms2 = settledRSS()
+	res.GoroutinesAfter = runtime.NumGoroutine() - g0
+	res.HeapAfterCloseKiB = (float64(ms2.HeapInuse) - float64(ms0.HeapInuse)) / 1024
 	res.print(os.Stdout)
 	return res, nil
 }
@@ -234,8 +248,23 @@ type vpsStats struct {
 	pids int64
 }
 
+// containerStats sums vpsStats over the VPS containers of the run.
 func (e *env) containerStats() vpsStats {
-	if e.containerID == "" {
+	var sum vpsStats
+	for i, id := range append([]string{e.containerID}, e.extraIDs...) {
+		st := containerStats(id)
+		if i == 0 {
+			sum.ok = st.ok
+		}
+		sum.ok = sum.ok && st.ok
+		sum.mem += st.mem
+		sum.pids += st.pids
+	}
+	return sum
+}
+
+func containerStats(id string) vpsStats {
+	if id == "" {
 		return vpsStats{}
 	}
 	read := func(paths ...string) (int64, bool) {
@@ -248,7 +277,6 @@ func (e *env) containerStats() vpsStats {
 		}
 		return 0, false
 	}
-	id := e.containerID
 	mem, ok1 := read(filepath.Join("/sys/fs/cgroup/memory/docker", id, "memory.usage_in_bytes"),
 		filepath.Join("/sys/fs/cgroup/system.slice", "docker-"+id+".scope", "memory.current"))
 	pids, ok2 := read(filepath.Join("/sys/fs/cgroup/pids/docker", id, "pids.current"),
@@ -263,10 +291,10 @@ func sessionsChild() int {
 		fmt.Fprintln(os.Stderr, "sessions child:", err)
 		return 1
 	}
-	addr, user := os.Getenv(envAddr), os.Getenv(envUser)
+	addr, users := os.Getenv(envAddr), strings.Split(os.Getenv(envUsers), ",")
 	n, err1 := strconv.Atoi(os.Getenv(envN))
 	conc, err2 := strconv.Atoi(os.Getenv(envConc))
-	if addr == "" || user == "" || err1 != nil || err2 != nil || n < 1 || n > maxSessions || conc < 1 {
+	if addr == "" || users[0] == "" || err1 != nil || err2 != nil || n < 1 || n > maxSessions || conc < 1 {
 		return fail(errors.New("bad environment (run through the bench, not by hand)"))
 	}
 	keyPEM, err := os.ReadFile(os.Getenv(envKey))
@@ -286,7 +314,6 @@ func sessionsChild() int {
 		pinned = append(pinned, k.Marshal())
 	}
 	cfg := &gossh.ClientConfig{
-		User: user,
 		Auth: []gossh.AuthMethod{gossh.PublicKeys(signer)},
 		HostKeyCallback: func(_ string, _ net.Addr, key gossh.PublicKey) error {
 			for _, p := range pinned {
@@ -322,7 +349,9 @@ func sessionsChild() int {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			s, err := openEcho(addr, cfg)
+			c := *cfg
+			c.User = users[i%len(users)]
+			s, err := openEcho(addr, &c)
 			if err == nil {
 				err = s.roundTrip(fmt.Sprintf("open-%d-%d", i, time.Now().UnixNano()))
 			}
