@@ -329,6 +329,7 @@ type testGateway struct {
 	dir       *memDirectory
 	hop       *directHop
 	ca        gossh.Signer
+	hopKeys   *HopKeys
 	hostKeys  []gossh.Signer
 	knownHost string // known_hosts file pinning the gateway
 	logs      *syncBuffer
@@ -344,9 +345,14 @@ func newTestGateway(t testing.TB, mutate func(*Config)) *testGateway {
 	if err != nil {
 		t.Fatal(err)
 	}
+	hopKeys, err := NewHopKeys(id.UserCA)
+	if err != nil {
+		t.Fatal(err)
+	}
 	logs := &syncBuffer{}
-	g := &testGateway{dir: newMemDirectory(), hop: &directHop{addrs: map[string]string{}}, ca: ca, hostKeys: hostKeys, logs: logs}
+	g := &testGateway{dir: newMemDirectory(), hop: &directHop{addrs: map[string]string{}}, ca: ca, hopKeys: hopKeys, hostKeys: hostKeys, logs: logs}
 	cfg := Config{
+		HopKeys:     hopKeys,
 		Addr:        "127.0.0.1:0",
 		PortHost:    "127.0.0.1",
 		HostSigners: hostKeys,

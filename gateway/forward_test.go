@@ -110,6 +110,23 @@ func TestLocalForward(t *testing.T) {
 	}
 }
 
+// allocatedPort waits for ssh to print the port the VPS allocated for a
+// "-R 0:..." forward, which it learns from the relayed reply payload.
+func allocatedPort(t testing.TB, stderr *syncBuffer) string {
+	t.Helper()
+	re := regexp.MustCompile(`Allocated port (\d+) for remote forward`)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if m := re.FindStringSubmatch(stderr.String()); m != nil {
+			return m[1]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ssh never reported the allocated port; stderr: %s", stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func TestRemoteForwardAllocatedPort(t *testing.T) {
 	g := newTestGateway(t, nil)
 	key := newUserKey(t)
@@ -117,19 +134,7 @@ func TestRemoteForwardAllocatedPort(t *testing.T) {
 	target := echoServer(t)
 	_, errb := startSSH(t, g.sshArgs(key, g.port(), "-N", "-o", "ExitOnForwardFailure=yes",
 		"-R", "0:"+target, "rfwd@127.0.0.1")...)
-	// ssh prints the port the VPS allocated, relayed in the reply payload.
-	re := regexp.MustCompile(`Allocated port (\d+) for remote forward`)
-	var port string
-	deadline := time.Now().Add(15 * time.Second)
-	for port == "" {
-		if m := re.FindStringSubmatch(errb.String()); m != nil {
-			port = m[1]
-		} else if time.Now().After(deadline) {
-			t.Fatalf("ssh never reported the allocated port; stderr: %s", errb.String())
-		} else {
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
+	port := allocatedPort(t, errb)
 	// The VPS listens on that port (the test sshd shares this host's
 	// loopback) and its forwarded-tcpip channels come back to the client.
 	expectEcho(t, func() (net.Conn, error) { return net.Dial("tcp", "127.0.0.1:"+port) })
@@ -180,13 +185,11 @@ func TestDynamicForward(t *testing.T) {
 	})
 }
 
-func TestAgentForwarding(t *testing.T) {
-	if _, err := exec.LookPath("ssh-agent"); err != nil {
-		t.Skip("ssh-agent not installed")
-	}
-	g := newTestGateway(t, nil)
-	key := newUserKey(t)
-	_, d := g.addVPS(t, "agent", 0, key)
+// startAgent runs a real ssh-agent holding key until the test ends and
+// returns its socket.
+func startAgent(t testing.TB, key userKey) string {
+	t.Helper()
+	requireTools(t, "ssh-agent", "ssh-add")
 	sock := filepath.Join(t.TempDir(), "agent.sock")
 	agentCmd := exec.Command("ssh-agent", "-D", "-a", sock)
 	if err := agentCmd.Start(); err != nil {
@@ -208,12 +211,24 @@ func TestAgentForwarding(t *testing.T) {
 	if out, err := add.CombinedOutput(); err != nil {
 		t.Fatalf("ssh-add: %v %s", err, out)
 	}
-	args := g.sshArgs(key, g.port(), "agent@127.0.0.1", "ssh-add -l")
+	return sock
+}
+
+// withAgent points sshArgs' IdentityAgent at sock (forwarding still needs -A).
+func withAgent(args []string, sock string) []string {
 	for i, a := range args {
 		if a == "IdentityAgent=none" {
 			args[i] = "IdentityAgent=" + sock
 		}
 	}
+	return args
+}
+
+func TestAgentForwarding(t *testing.T) {
+	g := newTestGateway(t, nil)
+	key := newUserKey(t)
+	_, d := g.addVPS(t, "agent", 0, key)
+	args := withAgent(g.sshArgs(key, g.port(), "agent@127.0.0.1", "ssh-add -l"), startAgent(t, key))
 	// Without -A the VPS sees no agent...
 	out, _, code := runSSH(t, nil, args...)
 	if code == 0 || strings.Contains(out, key.auth.Fingerprint) {

@@ -106,12 +106,27 @@ func (c *conn) dialHop() (*upstream, error) {
 	if err != nil {
 		return nil, err
 	}
-	signer, err := c.hopCertificate()
+	signers, err := c.hopSigners()
 	if err != nil {
 		nc.Close()
+		return nil, err
+	}
+	return c.srv.handshake(ctx, nc, v, pinned, c.route.login, gossh.PublicKeys(signers...))
+}
+
+// hopSigners are the hop's credentials in the order offered: the
+// short-lived certificate, then (if configured) the VPS's plain hop key for
+// sshds without certificate support. x/crypto asks the sshd about each key
+// before signing, so an OpenSSH sshd never sees the plain key used.
+func (c *conn) hopSigners() ([]gossh.Signer, error) {
+	cert, err := c.hopCertificate()
+	if err != nil {
 		return nil, fmt.Errorf("sign hop certificate: %w", err)
 	}
-	return c.srv.handshake(ctx, nc, v, pinned, c.route.login, gossh.PublicKeys(signer))
+	if c.srv.cfg.HopKeys == nil {
+		return []gossh.Signer{cert}, nil
+	}
+	return []gossh.Signer{cert, c.srv.cfg.HopKeys.Signer(c.route.vps.TaskID)}, nil
 }
 
 // dialVPS re-reads the VPS, checks that it can be reached and opens the

@@ -94,14 +94,16 @@ func (c *conn) openPair(nc gossh.NewChannel, other gossh.Conn, from string) {
 		c.recordForward(f)
 	}
 	// Requests from the VPS side carry exit-status and exit-signal.
-	toVPS, toClient := tap{}, tap{onRequest: c.noteExit, eofAfterExit: nc.ChannelType() == "session" && from == "client"}
-	if nc.ChannelType() == "session" && from == "client" {
+	clientSession := nc.ChannelType() == "session" && from == "client"
+	toVPS := tap{holdDataUntilStart: clientSession}
+	toClient := tap{onRequest: c.noteExit, eofAfterExit: clientSession}
+	if clientSession {
 		c.trackSession(ch, true)
 		defer c.trackSession(ch, false)
 		c.explainLostVPS(&toClient)
 		if rec := c.srv.newRecording(c); rec != nil {
 			defer rec.close()
-			toVPS = tap{onRequest: rec.observe, data: rec.input()}
+			toVPS.onRequest, toVPS.data = rec.observe, rec.input()
 			toClient.data = rec.output()
 		}
 	}
@@ -127,6 +129,14 @@ type tap struct {
 	// exit-signal went through (or the source closed): for the VPS side of
 	// a session. See half.
 	eofAfterExit bool
+	// holdDataUntilStart holds this direction's data until a shell, exec
+	// or subsystem request went through (or the source closed): for the
+	// client side of a session. x/crypto hands requests and data over on
+	// separate paths, so without it the copy can overtake the request the
+	// client sent first. OpenSSH's sshd buffers such early data; Dropbear
+	// drops it, and an sftp client whose first packet was lost waits
+	// forever.
+	holdDataUntilStart bool
 }
 
 // explainLostVPS makes a session whose VPS connection died (container
@@ -191,8 +201,14 @@ func half(src gossh.Channel, srcReqs <-chan *gossh.Request, dst gossh.Channel, t
 	if t.data != nil {
 		stdout, stderr = io.TeeReader(stdout, t.data), io.TeeReader(stderr, t.data)
 	}
+	started := make(chan struct{})
+	markStarted := sync.OnceFunc(func() { close(started) })
+	if !t.holdDataUntilStart {
+		markStarted()
+	}
 	dataDone := make(chan struct{})
 	go func() {
+		<-started
 		var wg sync.WaitGroup
 		wg.Add(1)
 		go func() { defer wg.Done(); copyData(dst.Stderr(), stderr) }()
@@ -212,6 +228,12 @@ func half(src gossh.Channel, srcReqs <-chan *gossh.Request, dst gossh.Channel, t
 		}
 		if req.WantReply {
 			_ = req.Reply(ok, nil)
+		}
+		switch req.Type {
+		case "shell", "exec", "subsystem":
+			// Forwarded, and answered if a reply was wanted: the VPS
+			// has it before any data sent after it.
+			markStarted()
 		}
 	}
 	// Both streams hit EOF: pass the EOF on (stdin EOF is CloseWrite).
@@ -235,6 +257,7 @@ func half(src gossh.Channel, srcReqs <-chan *gossh.Request, dst gossh.Channel, t
 		case req, ok := <-reqs:
 			if !ok {
 				reqs = nil
+				markStarted() // the channel closed; let the copies drain
 			} else {
 				forward(req)
 			}

@@ -51,6 +51,10 @@ type Config struct {
 	HostSigners []gossh.Signer
 	// UserCA signs the short-lived certificates for the hop. Required.
 	UserCA gossh.Signer
+	// HopKeys, if set, gives each VPS a plain hop key tried after the
+	// certificate, for sshds without certificate support (Dropbear). The
+	// VPS must have HopKeys.AuthorizedKeyLine in its authorized_keys.
+	HopKeys *HopKeys
 	// Directory and Hop are required.
 	Directory Directory
 	Hop       Hop

@@ -9,7 +9,6 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/ecdsa"
-	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
@@ -18,7 +17,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
@@ -60,70 +58,6 @@ func (g *testGateway) registerUpstream(t testing.TB, name, addr string, hostKeys
 	g.hop.mu.Unlock()
 	g.dir.put(v)
 	return v
-}
-
-// startDropbear runs Dropbear's server in the foreground on a free loopback
-// port with an ed25519 host key; it returns the address and the host key in
-// authorized_keys format.
-func startDropbear(t testing.TB) (addr, hostKey string, log *syncBuffer) {
-	t.Helper()
-	requireTools(t, "dropbear", "dropbearconvert")
-	dir := t.TempDir()
-	_, priv, _ := ed25519.GenerateKey(rand.Reader)
-	signer, _ := gossh.NewSignerFromKey(priv)
-	writeKey(t, filepath.Join(dir, "host_ed25519"), priv)
-	mustRun(t, nil, "dropbearconvert", "openssh", "dropbear", filepath.Join(dir, "host_ed25519"), filepath.Join(dir, "host.dropbear"))
-	log = &syncBuffer{}
-	addr = "127.0.0.1:" + strconv.Itoa(freePort(t))
-	cmd := exec.Command("dropbear", "-F", "-E", "-s", "-p", addr, "-r", filepath.Join(dir, "host.dropbear"),
-		"-P", filepath.Join(dir, "dropbear.pid"))
-	cmd.Stderr = log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("dropbear log:\n%s", log.String())
-		}
-	})
-	if err := waitBanner(addr, exited, 10*time.Second); err != nil {
-		t.Fatalf("dropbear: %v\n%s", err, log.String())
-	}
-	return addr, strings.TrimSpace(string(gossh.MarshalAuthorizedKey(signer.PublicKey()))), log
-}
-
-// TestDropbearUpstreamRefusesCertificates: Dropbear (2022.83) implements no
-// OpenSSH certificates and no cert-authority lines, so it cannot trust the
-// gateway's hop certificate: a VPS whose sshd is Dropbear cannot be reached.
-// The test pins what the user is told, and shows with a direct login that
-// the refusal is Dropbear's, not the gateway's.
-func TestDropbearUpstreamRefusesCertificates(t *testing.T) {
-	g := newTestGateway(t, nil)
-	key := newUserKey(t)
-	addr, hostKey, log := startDropbear(t)
-	g.registerUpstream(t, "dbvps", addr, []string{hostKey}, key)
-
-	_, errOut, code := runSSH(t, nil, g.sshArgs(key, g.port(), "dbvps@127.0.0.1", "true")...)
-	want := fmt.Sprintf("the sshd of VPS dbvps refused the login as %q", loginUser(t))
-	if code != 255 || !strings.Contains(errOut, want) {
-		t.Fatalf("status %d stderr %q; want 255 and %q", code, errOut, want)
-	}
-
-	// Directly, with a certificate from the same CA: Dropbear offers no
-	// certificate algorithm and refuses it the same way.
-	pinned, _, _, _, _ := gossh.ParseAuthorizedKey([]byte(hostKey))
-	_, err := gossh.Dial("tcp", addr, &gossh.ClientConfig{
-		User: loginUser(t), Auth: []gossh.AuthMethod{certAuth(t, g.ca, loginUser(t))},
-		HostKeyCallback: gossh.FixedHostKey(pinned), HostKeyAlgorithms: []string{pinned.Type()}, Timeout: 10 * time.Second,
-	})
-	if err == nil || !strings.Contains(err.Error(), "unable to authenticate") {
-		t.Fatalf("direct certificate login to dropbear: %v; want an authentication failure", err)
-	}
-	t.Logf("dropbear log:\n%s", log.String())
 }
 
 // TestUpstreamWithSeveralHostKeys: a VPS sshd with ed25519, ECDSA and RSA

@@ -92,7 +92,7 @@ func (srv *Server) pushKeys(w http.ResponseWriter, r *http.Request, v store.VPS,
 		if err == nil {
 			ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), keysTimeout)
 			defer cancel()
-			err = srv.agents.SetKeys(ctx, node, v.TaskID, v.LoginUser, srv.authorizedKeys(v.Keys))
+			err = srv.agents.SetKeys(ctx, node, v.TaskID, v.LoginUser, srv.authorizedKeys(v))
 			if err != nil {
 				return nodeError(node.Name, "update authorized_keys inside the VPS", err,
 					"the key is "+what+" at the gateway already; run the same command again to update the VPS itself")

@@ -49,6 +49,11 @@ type Config struct {
 	// trusting the gateway's user CA; every VPS gets it so that the
 	// gateway can log in with its certificate.
 	CertAuthorityLine string
+	// HopKeyLine, if set, returns the authorized_keys line of a VPS's plain
+	// hop key (see gateway.HopKeys); every VPS gets it after the
+	// cert-authority line so that sshds without certificate support
+	// (Dropbear) admit the gateway too.
+	HopKeyLine func(taskID string) string
 	// GatewayHostKeys are the gateway's public host keys in
 	// authorized_keys format, GatewaySSHPort (default 8002) its port and
 	// PublicHost the name users reach it by: GET /api/v1/gateway.
@@ -74,6 +79,7 @@ type Server struct {
 	st           store.Store
 	agents       NodeAgent
 	caLine       string
+	hopKeyLine   func(taskID string) string
 	gateway      GatewayInfo
 	defaultImage string
 	log          *slog.Logger
@@ -117,9 +123,10 @@ func NewServer(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("api: cluster token: %w", err)
 	}
 	srv := &Server{
-		st:     cfg.Store,
-		agents: cfg.Agents,
-		caLine: strings.TrimSpace(cfg.CertAuthorityLine),
+		st:         cfg.Store,
+		agents:     cfg.Agents,
+		caLine:     strings.TrimSpace(cfg.CertAuthorityLine),
+		hopKeyLine: cfg.HopKeyLine,
 		gateway: GatewayInfo{
 			HostKeys:   append([]string{}, cfg.GatewayHostKeys...),
 			SSHPort:    cfg.GatewaySSHPort,

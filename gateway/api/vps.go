@@ -64,7 +64,7 @@ func (srv *Server) createVPS(w http.ResponseWriter, r *http.Request) error {
 	defer cancel()
 	st, err := srv.agents.CreateVPS(opCtx, node, VPSSpec{
 		TaskID: v.TaskID, Image: v.Image, LoginUser: v.LoginUser, Cores: v.Cores, MemoryMB: v.MemoryMB,
-		AuthorizedKeys: srv.authorizedKeys(v.Keys),
+		AuthorizedKeys: srv.authorizedKeys(v),
 	})
 	if err == nil && !st.Running {
 		err = errors.New(orDefault(st.Message, "the container was created but is not running"))
@@ -175,14 +175,18 @@ func parseKeys(lines []string, have []store.AuthorizedKey) ([]store.AuthorizedKe
 }
 
 // authorizedKeys returns the authorized_keys lines a VPS gets: the user's
-// keys and the gateway's cert-authority line, which the gateway needs even
-// for key_mode none.
-func (srv *Server) authorizedKeys(keys []store.AuthorizedKey) []string {
-	lines := make([]string, 0, len(keys)+1)
-	for _, k := range keys {
+// keys, the gateway's cert-authority line and the VPS's hop key line, which
+// the gateway needs even for key_mode none.
+func (srv *Server) authorizedKeys(v store.VPS) []string {
+	lines := make([]string, 0, len(v.Keys)+2)
+	for _, k := range v.Keys {
 		lines = append(lines, k.Line)
 	}
-	return append(lines, srv.caLine)
+	lines = append(lines, srv.caLine)
+	if srv.hopKeyLine != nil {
+		lines = append(lines, srv.hopKeyLine(v.TaskID))
+	}
+	return lines
 }
 
 // pickNode returns the node named want, or when want is empty the online
@@ -426,7 +430,7 @@ func (srv *Server) bringUp(w http.ResponseWriter, r *http.Request, restart bool)
 	}
 	// Keys may have changed while the VPS was down (pushKeys skips VPSs
 	// that are not running). Best effort: gateway logins use the store.
-	if kerr := srv.agents.SetKeys(opCtx, node, v.TaskID, v.LoginUser, srv.authorizedKeys(v.Keys)); kerr != nil {
+	if kerr := srv.agents.SetKeys(opCtx, node, v.TaskID, v.LoginUser, srv.authorizedKeys(v)); kerr != nil {
 		log.Warn("cannot refresh authorized_keys after "+verb, "err", kerr)
 	}
 	if v.Message == hostKeyChangedMsg {

@@ -156,6 +156,10 @@ func (h *Host) build() error {
 		h.HostKeys = append(h.HostKeys, s.PublicKey())
 		hostKeyLines = append(hostKeyLines, strings.TrimSpace(string(gossh.MarshalAuthorizedKey(s.PublicKey()))))
 	}
+	hopKeys, err := gateway.NewHopKeys(id.UserCA)
+	if err != nil {
+		return fmt.Errorf("host: identity: %w", err)
+	}
 	h.reg = newRegistry(h.store)
 	metrics, err := gateway.NewMetrics(h.reg)
 	if err != nil {
@@ -169,6 +173,7 @@ func (h *Host) build() error {
 		PortHost:    h.cfg.PortHost,
 		HostSigners: hostSigners,
 		UserCA:      userCA,
+		HopKeys:     hopKeys,
 		Directory:   h.store,
 		Hop:         &relayHop{dialer: &relay.Dialer{Token: id.ClusterToken}},
 		Logger:      h.log.With("component", "gateway"),
@@ -189,6 +194,7 @@ func (h *Host) build() error {
 		Agents:            control.NewClient(id.ClusterToken),
 		ClusterToken:      id.ClusterToken,
 		CertAuthorityLine: gateway.CertAuthorityLine(userCA.PublicKey()),
+		HopKeyLine:        hopKeys.AuthorizedKeyLine,
 		GatewayHostKeys:   hostKeyLines,
 		GatewaySSHPort:    sshPort,
 		PublicHost:        h.cfg.PublicHost,

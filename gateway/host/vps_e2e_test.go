@@ -110,7 +110,10 @@ func TestKeysChangeAtOnce(t *testing.T) {
 	if _, err := bob.Exec(ctx, "keys", []string{"cat", "/root/.ssh/authorized_keys"}, nil, &ak, nil); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(ak.String(), strings.Fields(k2.line)[1]) || !strings.Contains(ak.String(), "cert-authority") {
+	// ...with the gateway's two credentials: the CA for its certificates
+	// and this VPS's plain hop key (for sshds without certificates).
+	if !strings.Contains(ak.String(), strings.Fields(k2.line)[1]) || !strings.Contains(ak.String(), "cert-authority") ||
+		strings.Count(ak.String(), " kohakuriver-gateway-hop\n") != 1 {
 		t.Fatalf("authorized_keys in the VPS:\n%s", ak.String())
 	}
 	if _, err := bob.RemoveKey(ctx, "keys", k1.fp); err != nil {
