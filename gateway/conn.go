@@ -170,7 +170,7 @@ func (s *Server) onConnect(ctx gliderssh.Context, nc net.Conn) net.Conn {
 	c.log = s.log.With("conn_id", c.id)
 	version, peeked := peekVersion(nc)
 	c.ciphers = s.ciphersFor(version)
-	c.counted = &countingConn{Conn: peeked}
+	c.counted = &countingConn{Conn: newReadAheadConn(newCoalesceConn(peeked))}
 	c.netConn = nc
 	if !s.trackConn(c, true) {
 		<-s.connSlots

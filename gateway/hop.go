@@ -184,7 +184,7 @@ func (s *Server) dialVPS(ctx context.Context, v store.VPS) (store.VPS, []gossh.P
 // pinned host key, and the gateway logs in as login with auth.
 func (s *Server) handshake(ctx context.Context, nc net.Conn, v store.VPS, pinned []gossh.PublicKey, login string, auth ...gossh.AuthMethod) (*upstream, error) {
 	ref := v.Ref()
-	lost := &lossConn{Conn: nc, lost: make(chan struct{})}
+	lost := &lossConn{Conn: newReadAheadConn(newCoalesceConn(nc)), lost: make(chan struct{})}
 	// NewClientConn has no timeout of its own: bound the handshake with a
 	// deadline on the socket, cleared once the connection is up.
 	if dl, ok := ctx.Deadline(); ok {

@@ -188,12 +188,59 @@ func bridge(down gossh.Channel, downReqs <-chan *gossh.Request, up gossh.Channel
 	wg.Wait()
 }
 
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+// Copy buffers. A relay copy spends nearly all its life blocked in Read,
+// and four of them run per session (stdout and stderr, both ways), so the
+// buffer held across that Read is most of a session's memory: 32 KiB each
+// would be 128 KiB per idle shell. A copy therefore waits with a small
+// buffer and borrows a packet-sized one only while data streams.
+const (
+	idleCopyBuf = 1 << 10
+	bulkCopyBuf = 32 << 10 // x/crypto's largest channel data packet
+)
 
+var bulkBufs = sync.Pool{New: func() any { b := make([]byte, bulkCopyBuf); return &b }}
+
+// copyData copies src to dst until src ends or a write fails.
 func copyData(dst io.Writer, src io.Reader) {
-	bp := copyBufs.Get().(*[]byte)
-	_, _ = io.CopyBuffer(dst, src, *bp)
-	copyBufs.Put(bp)
+	var idle [idleCopyBuf]byte
+	for {
+		n, err := src.Read(idle[:])
+		if n > 0 {
+			if _, werr := dst.Write(idle[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+		// A full small read means more is waiting: stream with a big
+		// buffer until the reads come back small again.
+		if n == len(idle) && !copyBulk(dst, src) {
+			return
+		}
+	}
+}
+
+// copyBulk copies with a pooled packet-sized buffer while reads return more
+// than the idle buffer holds. It reports whether copying may go on.
+func copyBulk(dst io.Writer, src io.Reader) bool {
+	bp := bulkBufs.Get().(*[]byte)
+	defer bulkBufs.Put(bp)
+	buf := *bp
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return false
+			}
+		}
+		if err != nil {
+			return false
+		}
+		if n <= idleCopyBuf {
+			return true
+		}
+	}
 }
 
 func half(src gossh.Channel, srcReqs <-chan *gossh.Request, dst gossh.Channel, t tap) {

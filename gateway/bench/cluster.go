@@ -20,7 +20,6 @@ import (
 
 	gossh "golang.org/x/crypto/ssh"
 
-	"github.com/kohakuriver/kohakuriver/agent"
 	"github.com/kohakuriver/kohakuriver/agent/docker"
 	"github.com/kohakuriver/kohakuriver/gateway"
 	"github.com/kohakuriver/kohakuriver/gateway/api"
@@ -34,11 +33,10 @@ type env struct {
 	dir      string // temp root: data dir, keys, configs
 	nodeName string
 
-	host        *host.Host
-	rt          *docker.Runtime
-	agentCancel context.CancelFunc
-	agentDone   chan error
-	admin       *api.Client
+	host  *host.Host
+	rt    *docker.Runtime
+	agent *agentProc
+	admin *api.Client
 
 	vps         store.VPS
 	containerID string      // the VPS's container, for its cgroup figures
@@ -132,7 +130,7 @@ func setup(ctx context.Context, o options) (e *env, err error) {
 	}
 	e.admin = api.NewClient("http://"+e.host.APIAddr().String(), strings.TrimSpace(string(tok)), nil)
 
-	if err := e.startAgent(ctx, log.With("side", "agent")); err != nil {
+	if err := e.startAgent(ctx, log.With("side", "agent"), o.verbose); err != nil {
 		return e, err
 	}
 	if err := e.createVPS(ctx); err != nil {
@@ -179,25 +177,17 @@ func (e *env) newClientKey() error {
 	return nil
 }
 
-func (e *env) startAgent(ctx context.Context, log *slog.Logger) error {
+func (e *env) startAgent(ctx context.Context, log *slog.Logger, verbose bool) error {
+	// This process keeps a Docker client of its own for the direct path's
+	// address and the cleanup; the agent itself runs in a child process.
 	rt, err := docker.New(docker.Options{NodeName: e.nodeName, Logger: log})
 	if err != nil {
 		return err
 	}
 	e.rt = rt
-	a, err := agent.New(agent.Config{
-		Name: e.nodeName, ListenAddr: "127.0.0.1:0", HostURL: "http://" + e.host.APIAddr().String(),
-		ClusterToken: e.host.ClusterToken, Runtime: rt, Logger: log, HeartbeatInterval: 2 * time.Second,
-	})
-	if err != nil {
+	if e.agent, err = startAgentProc(e.nodeName, "http://"+e.host.APIAddr().String(), e.host.ClusterToken, verbose); err != nil {
 		return err
 	}
-	if err := a.Listen(); err != nil {
-		return err
-	}
-	actx, cancel := context.WithCancel(context.Background())
-	e.agentCancel, e.agentDone = cancel, make(chan error, 1)
-	go func() { e.agentDone <- a.Run(actx) }()
 	return waitUntil(ctx, 30*time.Second, "agent "+e.nodeName+" online", func() bool {
 		n, err := e.host.Store().Node(ctx, e.nodeName)
 		return err == nil && n.Status == store.NodeOnline
@@ -400,10 +390,9 @@ func (e *env) close() {
 			cancel()
 		}
 	}
-	if e.agentCancel != nil {
-		e.agentCancel()
-		<-e.agentDone
-		e.agentCancel = nil
+	if e.agent != nil {
+		e.agent.stop()
+		e.agent = nil
 	}
 	if e.rt != nil {
 		// Whatever the API delete left: only containers of this run's node.

@@ -168,6 +168,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == sessionsChildArg {
 		os.Exit(sessionsChild())
 	}
+	if len(os.Args) > 1 && os.Args[1] == agentChildArg {
+		os.Exit(agentChild())
+	}
 	o, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
@@ -213,7 +216,7 @@ func run(ctx context.Context, o options) error {
 	defer e.close()
 	fmt.Printf("paths: A direct ssh -p %d root@127.0.0.1 | B ssh -J root@127.0.0.1:%d -p %d root@127.0.0.1 | C ssh -p %d %s@127.0.0.1\n",
 		e.directPort, e.jumpPort, e.directPort, e.gwPort, e.vps.TaskID)
-	fmt.Println("CPU is this process's utime+stime (/proc/self/stat): host + gateway + agent run in it; the agent relay copies with splice(2), cheap.")
+	fmt.Println("CPU is this process's utime+stime (/proc/self/stat): host and gateway run in it; the agent runs in a child process, as on a node, and is reported apart.")
 
 	if o.only[measureUpload] || o.only[measureConnect] {
 		if err := runRounds(ctx, e, o, res); err != nil {

@@ -32,7 +32,10 @@ type uploadResult struct {
 	MBps       float64 `json:"mb_per_s"` // 10^6 bytes per second
 	Seconds    float64 `json:"seconds"`
 	CPUSeconds float64 `json:"cpu_seconds"` // this process, utime+stime
-	SysSeconds float64 `json:"sys_seconds"` // of which stime (kernel: sockets, splice)
+	SysSeconds float64 `json:"sys_seconds"` // of which stime (kernel: sockets)
+	// AgentCPUPerGiB is the agent child's CPU per GiB: the node side of
+	// the gateway's path (its relay splices the hop to the VPS's sshd).
+	AgentCPUPerGiB float64 `json:"agent_cpu_core_s_per_gib"`
 	CPUPerGiB  float64 `json:"cpu_core_s_per_gib"`
 	// MachineCPUPerGiB is every CPU's busy time (/proc/stat) per GiB: the
 	// whole path's cost (ssh, sshd, docker-proxy, gateway, and whatever
@@ -63,6 +66,11 @@ func upload(ctx context.Context, e *env, cfg string, p path, size int64) (upload
 	cmd.Stderr = &errb
 	buf := payload()
 	cpu0, sys0, err := procCPU()
+	if err != nil {
+		return uploadResult{}, err
+	}
+	agentPID := strconv.Itoa(e.agent.pid())
+	agent0, _, err := procCPUOf(agentPID)
 	if err != nil {
 		return uploadResult{}, err
 	}
@@ -97,6 +105,10 @@ func upload(ctx context.Context, e *env, cfg string, p path, size int64) (upload
 	err = cmd.Wait()
 	t1 := time.Now()
 	cpu1, sys1, cerr := procCPU()
+	agent1, _, aerr := procCPUOf(agentPID)
+	if cerr == nil {
+		cerr = aerr
+	}
 	busy1, berr := machineBusy()
 	switch {
 	case err != nil:
@@ -117,6 +129,8 @@ func upload(ctx context.Context, e *env, cfg string, p path, size int64) (upload
 		CPUSeconds: cpu,
 		SysSeconds: sys1 - sys0,
 		CPUPerGiB:  cpu / gib,
+
+		AgentCPUPerGiB: (agent1 - agent0) / gib,
 
 		MachineCPUPerGiB: (busy1 - busy0) / gib,
 	}, nil
@@ -206,8 +220,11 @@ func runRounds(ctx context.Context, e *env, o options, res *Results) error {
 
 // procCPU returns this process's user + system CPU seconds, and the
 // system part, from /proc/self/stat (fields 14 and 15, in clock ticks).
-func procCPU() (total, sys float64, err error) {
-	data, err := os.ReadFile("/proc/self/stat")
+func procCPU() (total, sys float64, err error) { return procCPUOf("self") }
+
+// procCPUOf is procCPU for another process ("self" or a PID).
+func procCPUOf(pid string) (total, sys float64, err error) {
+	data, err := os.ReadFile("/proc/" + pid + "/stat")
 	if err != nil {
 		return 0, 0, err
 	}

@@ -25,7 +25,7 @@ import (
 
 // The sessions measure runs its x/crypto clients in a child process (this
 // binary, re-executed with sessionsChildArg) so that the RSS of this
-// process, which holds host, gateway and agent, does not count client
+// process, which holds host and gateway, does not count client
 // memory. The child reports on stdout, one JSON line after all sessions are
 // open and verified, and closes them when its stdin gets a line.
 const sessionsChildArg = "-sessions-child"
@@ -70,7 +70,7 @@ func (s *SessionResult) print(w io.Writer) {
 		s.Requested, s.VPSs, s.Established, s.Verified)
 	fmt.Fprintf(w, "  open all: %.1f s, echo all: %.2f s, close all: %.1f s; gateway conns while open: %d\n",
 		s.EstablishSeconds, s.VerifySeconds, s.CloseSeconds, s.ActiveConns)
-	fmt.Fprintf(w, "  host+gateway+agent RSS: %.1f MiB before, %.1f MiB open, %.1f MiB after close (after runtime.GC + FreeOSMemory); left after close: %d goroutines, %.0f KiB heap\n",
+	fmt.Fprintf(w, "  host+gateway RSS: %.1f MiB before, %.1f MiB open, %.1f MiB after close (after runtime.GC + FreeOSMemory); left after close: %d goroutines, %.0f KiB heap\n",
 		mib(s.RSSBefore), mib(s.RSSOpen), mib(s.RSSAfterClose), s.GoroutinesAfter, s.HeapAfterCloseKiB)
 	fmt.Fprintf(w, "  per session: %.1f KiB RSS, %.1f KiB Go heap in use, %.1f KiB goroutine stacks, %.1f goroutines, %.1f fds\n",
 		s.RSSPerSessionKiB, s.HeapPerSession, s.StackPerSession, s.GoroutinesPer, s.FDsPer)

@@ -1,0 +1,164 @@
+package gateway
+
+import (
+	"net"
+	"sync"
+	"time"
+)
+
+// readAheadConn cuts read system calls while a connection streams, without
+// holding a buffer while it idles.
+//
+// x/crypto reads each SSH packet through a 4 KiB bufio.Reader: the length
+// prefix fills those 4 KiB, and the rest of a 32 KiB data packet is read
+// straight from the socket, so a bulk transfer costs two or three reads per
+// packet on each of the gateway's two connections. A plain bigger buffer
+// would stay allocated for every idle shell (the gateway's reads are always
+// pending), so the big buffer is borrowed from a pool only once a read
+// comes back full (more is probably queued) and handed back as soon as it
+// is drained and a read comes back short.
+type readAheadConn struct {
+	net.Conn
+	buf  *[]byte // borrowed while streaming; nil when idle
+	r, w int     // unread bytes are (*buf)[r:w]
+}
+
+const readAheadSize = 128 << 10
+
+var readAheadBufs = sync.Pool{New: func() any { b := make([]byte, readAheadSize); return &b }}
+
+// newReadAheadConn wraps nc. Like bufio.Reader, it is not safe for
+// concurrent Reads (x/crypto reads from one goroutine); Write and Close go
+// straight through.
+func newReadAheadConn(nc net.Conn) *readAheadConn { return &readAheadConn{Conn: nc} }
+
+func (c *readAheadConn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if c.buf == nil {
+		n, err := c.Conn.Read(p)
+		if n == len(p) && err == nil {
+			c.buf = readAheadBufs.Get().(*[]byte)
+		}
+		return n, err
+	}
+	if c.r == c.w {
+		n, err := c.Conn.Read(*c.buf)
+		if n == 0 {
+			c.release()
+			return 0, err
+		}
+		c.r, c.w = 0, n
+		if n < len(p) {
+			// The socket had less than asked for: the stream has slowed
+			// down, so give the buffer back once this is consumed.
+			defer c.releaseIfDrained()
+		}
+	}
+	n := copy(p, (*c.buf)[c.r:c.w])
+	c.r += n
+	return n, nil
+}
+
+func (c *readAheadConn) releaseIfDrained() {
+	if c.r == c.w {
+		c.release()
+	}
+}
+
+func (c *readAheadConn) release() {
+	if c.buf != nil {
+		readAheadBufs.Put(c.buf)
+		c.buf, c.r, c.w = nil, 0, 0
+	}
+}
+
+// coalesceConn joins the two writes x/crypto makes for each large packet.
+//
+// x/crypto writes a packet through a 4 KiB bufio.Writer: a packet larger
+// than that reaches the socket as one full 4 KiB write followed at once, in
+// the same call, by a write of the rest. coalesceConn holds a write of
+// exactly bufio's size and sends it together with the next write in one
+// writev(2). A packet that is exactly 4 KiB long (impossible with AES-GCM,
+// whose packets are 16k+20 bytes, but possible with other ciphers) has no
+// next write to wait for: a timer sends it after holdMax.
+type coalesceConn struct {
+	net.Conn
+	mu    sync.Mutex
+	held  *[]byte // a copy of the held write, or nil
+	timer *time.Timer
+	err   error // from a timer flush, returned by the next Write
+}
+
+const (
+	// x/crypto's transport uses bufio.NewWriter's default size.
+	xcryptoWriteBuf = 4096
+	holdMax         = 2 * time.Millisecond
+)
+
+var heldBufs = sync.Pool{New: func() any { b := make([]byte, xcryptoWriteBuf); return &b }}
+
+func newCoalesceConn(nc net.Conn) *coalesceConn { return &coalesceConn{Conn: nc} }
+
+func (c *coalesceConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return 0, c.err
+	}
+	if c.held != nil {
+		c.timer.Stop()
+		bufs := net.Buffers{*c.held, p}
+		_, err := bufs.WriteTo(c.Conn)
+		c.releaseHeld()
+		if err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
+	if len(p) != xcryptoWriteBuf {
+		return c.Conn.Write(p)
+	}
+	c.held = heldBufs.Get().(*[]byte)
+	copy(*c.held, p)
+	if c.timer == nil {
+		c.timer = time.AfterFunc(holdMax, c.flushHeld)
+	} else {
+		c.timer.Reset(holdMax)
+	}
+	return len(p), nil
+}
+
+// flushHeld sends a held write that no other write followed.
+func (c *coalesceConn) flushHeld() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.held == nil {
+		return
+	}
+	if _, err := c.Conn.Write(*c.held); err != nil {
+		c.err = err
+	}
+	c.releaseHeld()
+}
+
+func (c *coalesceConn) releaseHeld() {
+	heldBufs.Put(c.held)
+	c.held = nil
+}
+
+// Close sends what is held first (x/crypto may close right after writing a
+// disconnect message), unless a Write is in progress: Close must unblock a
+// writer stuck on a peer that stopped reading, not wait for it.
+func (c *coalesceConn) Close() error {
+	if c.mu.TryLock() {
+		if c.held != nil {
+			c.timer.Stop()
+			_, _ = c.Conn.Write(*c.held)
+			c.releaseHeld()
+		}
+		c.mu.Unlock()
+	}
+	return c.Conn.Close()
+}
