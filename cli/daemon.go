@@ -97,6 +97,7 @@ type HostCmd struct {
 
 // Run starts the host and blocks until SIGINT/SIGTERM.
 func (c *HostCmd) Run() error {
+	host.TuneRuntime()
 	log := c.logger()
 	cfg, closeAudit, err := c.config(log)
 	if err != nil {

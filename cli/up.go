@@ -37,6 +37,7 @@ const (
 
 // Run starts everything and blocks until Ctrl-C.
 func (c *UpCmd) Run() error {
+	host.TuneRuntime()
 	ctx, stop := signalContext()
 	defer stop()
 	log := c.logger()

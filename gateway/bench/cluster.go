@@ -108,6 +108,7 @@ func setup(ctx context.Context, o options) (e *env, err error) {
 		return e, err
 	}
 	start := time.Now()
+	host.TuneRuntime() // as the host daemon does
 	e.host, err = host.New(host.Config{
 		DataDir: filepath.Join(dir, "data"), APIAddr: "127.0.0.1:0", SSHAddr: "127.0.0.1:0",
 		PortHost: "127.0.0.1", PortMin: o.portMin, PortMax: o.portMax, PublicHost: "127.0.0.1",

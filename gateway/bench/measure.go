@@ -36,7 +36,7 @@ type uploadResult struct {
 	// AgentCPUPerGiB is the agent child's CPU per GiB: the node side of
 	// the gateway's path (its relay splices the hop to the VPS's sshd).
 	AgentCPUPerGiB float64 `json:"agent_cpu_core_s_per_gib"`
-	CPUPerGiB  float64 `json:"cpu_core_s_per_gib"`
+	CPUPerGiB      float64 `json:"cpu_core_s_per_gib"`
 	// MachineCPUPerGiB is every CPU's busy time (/proc/stat) per GiB: the
 	// whole path's cost (ssh, sshd, docker-proxy, gateway, and whatever
 	// else ran meanwhile).
