@@ -196,7 +196,7 @@ func (s *Server) handshake(ctx context.Context, nc net.Conn, v store.VPS, pinned
 		Auth:              auth,
 		HostKeyCallback:   pinnedHostKey(pinned),
 		HostKeyAlgorithms: hostKeyAlgorithms(pinned),
-		ClientVersion:     "SSH-2.0-kohakuriver-gateway",
+		ClientVersion:     hopClientVersion,
 		Config:            gossh.Config{Ciphers: hopCiphers},
 	})
 	stop()

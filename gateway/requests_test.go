@@ -270,7 +270,7 @@ func TestGlobalRequestsMatchDirect(t *testing.T) {
 // (hostkeys-00@openssh.com) right after auth to every client it does not
 // list as unable to cope (compat.c, SSH_BUG_HOSTKEYS: Cisco-1.*, old
 // TeraTerm), whatever its version says otherwise, so to the hop
-// ("SSH-2.0-kohakuriver-gateway") too. The direct cases prove it sends it;
+// (hopClientVersion) too. The direct cases prove it sends it;
 // through the gateway the client must never see it. ClientAliveInterval
 // makes the sshd send keepalive@openssh.com later on the same ordered stream,
 // which the gateway does relay: once it arrived, an announcement relayed
@@ -287,7 +287,7 @@ func TestHostKeysAnnouncementNotRelayed(t *testing.T) {
 		wantHostKeys bool
 	}{
 		{name: "direct, OpenSSH client", ep: eps[0], version: "SSH-2.0-OpenSSH_9.2p1", wantHostKeys: true},
-		{name: "direct, the hop's version", ep: eps[0], version: "SSH-2.0-kohakuriver-gateway", wantHostKeys: true},
+		{name: "direct, the hop's version", ep: eps[0], version: hopClientVersion, wantHostKeys: true},
 		{name: "through the gateway, OpenSSH client", ep: eps[1], version: "SSH-2.0-OpenSSH_9.2p1", wantHostKeys: false},
 	}
 	for _, tt := range tests {

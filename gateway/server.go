@@ -193,7 +193,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.glide = &gliderssh.Server{
 		HostSigners:          hostSigners,
-		Version:              "kohakuriver",
+		Version:              serverVersion,
 		ConnCallback:         s.onConnect,
 		ServerConfigCallback: s.serverConfig,
 		PublicKeyHandler:     s.mayAuthenticate,
