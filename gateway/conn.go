@@ -72,13 +72,14 @@ type conn struct {
 	hopErr  error
 
 	// Relay accounting.
-	channels   atomic.Int32 // open channel pairs
-	recordings atomic.Int32 // session recordings started
-	forwards   atomic.Int32 // remote forwards requested
-	pipes      sync.WaitGroup
-	exitMu     sync.Mutex
-	exits      []string // exit statuses/signals seen, for the log
-	opened     []string // forwards opened, for the audit record
+	channels    atomic.Int32 // open channel pairs
+	recordings  atomic.Int32 // session recordings started
+	forwards    atomic.Int32 // remote forwards requested
+	sessionGate sessionGate  // no-more-sessions@openssh.com
+	pipes       sync.WaitGroup
+	exitMu      sync.Mutex
+	exits       []string // exit statuses/signals seen, for the log
+	opened      []string // forwards opened, for the audit record
 
 	// downReady is closed once down is set: the downstream connection is
 	// usable for opening channels and sending requests toward the client.

@@ -32,6 +32,12 @@ func (s *Server) handleChannel(_ *gliderssh.Server, sconn *gossh.ServerConn, nc 
 		return
 	}
 	c.setDownstream(sconn)
+	if nc.ChannelType() == "session" && !c.sessionGate.admit(time.Now()) {
+		c.log.Warn("session opened after no-more-sessions@openssh.com: closing the connection, as sshd does")
+		_ = nc.Reject(gossh.Prohibited, "no more sessions on this connection")
+		_ = sconn.Close()
+		return
+	}
 	up, err := c.waitHop()
 	if err != nil {
 		c.refuseChannel(nc, err)
@@ -402,7 +408,7 @@ func (c *conn) refuseChannel(nc gossh.NewChannel, err error) {
 }
 
 // handleGlobalRequest relays the client's global requests (tcpip-forward,
-// streamlocal-forward, keepalive, no-more-sessions, ...) to the VPS in order
+// streamlocal-forward, keepalive, ...) to the VPS in order
 // and returns the VPS's reply, including its payload (the port allocated
 // for -R 0:...).
 func (s *Server) handleGlobalRequest(ctx gliderssh.Context, _ *gliderssh.Server, req *gossh.Request) (bool, []byte) {
@@ -417,6 +423,10 @@ func (s *Server) handleGlobalRequest(ctx gliderssh.Context, _ *gliderssh.Server,
 	switch req.Type {
 	case reqHostKeysProve:
 		return false, nil
+	case reqNoMoreSessions:
+		// Enforced here, not relayed: see lateSessionGrace.
+		c.sessionGate.close(time.Now())
+		return true, nil
 	case "tcpip-forward", "streamlocal-forward@openssh.com":
 		if limit := s.limits().MaxForwards; int(c.forwards.Add(1)) > limit {
 			c.forwards.Add(-1)

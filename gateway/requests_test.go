@@ -338,17 +338,18 @@ func runSession(client *gossh.Client, cmd string) error {
 	return err
 }
 
-// TestNoMoreSessionsRelayed: after no-more-sessions@openssh.com, sshd treats
-// a new session as an attack and drops the connection; through the gateway
-// the client sees the same: no session, and the connection ends.
-func TestNoMoreSessionsRelayed(t *testing.T) {
+// TestNoMoreSessions: after no-more-sessions@openssh.com, sshd treats a new
+// session as an attack and drops the connection; through the gateway, which
+// enforces the request itself, the client sees the same: no session, and
+// the connection ends.
+func TestNoMoreSessions(t *testing.T) {
 	g := newTestGateway(t, nil)
 	key := newUserKey(t)
 	_, d := g.addVPS(t, "nomore", 0, key)
 	for _, ep := range endpoints(g, d, key, "nomore") {
 		// OpenSSH's client sends it without want-reply; then a keepalive
-		// with want-reply orders it before the next channel open (the
-		// gateway relays global requests in order, channels concurrently).
+		// with want-reply orders it before the next channel open on the
+		// direct path (x/crypto hands requests and channels over apart).
 		for _, wantReply := range []bool{true, false} {
 			t.Run(fmt.Sprintf("%s want-reply=%v", ep.name, wantReply), func(t *testing.T) {
 				c, chans, reqs := ep.dial(t, "")

@@ -9,8 +9,8 @@ package gateway
 // head -1`), sshd when the command closes its stdin. Each sends it only to a
 // peer that says OpenSSH; without it, the VPS command in that example runs
 // (and its output crosses both hops) until the user kills ssh. The same flag
-// makes ssh send no-more-sessions@openssh.com, which the gateway relays to
-// the VPS's sshd like any global request.
+// makes ssh send no-more-sessions@openssh.com, which the gateway enforces
+// itself (sessiongate.go).
 //
 // Nothing after "OpenSSH_" looks like a release number, so no client's or
 // scanner's version-specific workarounds (OpenSSH's own, PuTTY's bug

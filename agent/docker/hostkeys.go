@@ -13,6 +13,7 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"sync"
 
 	cerrdefs "github.com/containerd/errdefs"
 	gossh "golang.org/x/crypto/ssh"
@@ -167,4 +168,48 @@ func hostKeyPaths(conf []byte) []string {
 		}
 	}
 	return paths
+}
+
+// hostKeyCache holds each container's host keys for the start they were read
+// in (keyed by container ID and State.StartedAt). A zero value is ready.
+type hostKeyCache struct {
+	mu sync.Mutex
+	m  map[string]cachedHostKeys
+}
+
+type cachedHostKeys struct {
+	started string
+	keys    []string
+}
+
+// maxCachedHostKeys bounds the cache: past it, it starts over (containers
+// removed behind the agent's back are never forgotten otherwise).
+const maxCachedHostKeys = 4096
+
+func (c *hostKeyCache) get(id, started string) ([]string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[id]
+	if !ok || e.started != started || started == "" {
+		return nil, false
+	}
+	return slices.Clone(e.keys), true
+}
+
+func (c *hostKeyCache) put(id, started string, keys []string) {
+	if started == "" {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxCachedHostKeys {
+		c.m = map[string]cachedHostKeys{}
+	}
+	c.m[id] = cachedHostKeys{started: started, keys: slices.Clone(keys)}
+}
+
+func (c *hostKeyCache) forget(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, id)
 }

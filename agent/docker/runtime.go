@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strconv"
 	"time"
 
@@ -67,6 +68,8 @@ type Runtime struct {
 
 	stopTimeout  time.Duration
 	readyTimeout time.Duration
+
+	keys hostKeyCache
 }
 
 // State is Docker's state of a container: "created", "running", "paused",
@@ -212,12 +215,35 @@ func (rt *Runtime) info(ctx context.Context, taskID string, c container.InspectR
 	if addr, err := publishedSSHAddr(c); err == nil {
 		in.SSHAddr = addr
 	}
-	keys, err := rt.readHostKeys(ctx, c.ID)
+	keys, err := rt.hostKeysOf(ctx, c)
 	if err != nil {
 		return Info{}, fmt.Errorf("task %s: read host keys: %w", taskID, err)
 	}
 	in.HostKeys = keys
 	return in, nil
+}
+
+// hostKeysOf returns the container's host keys, read from its filesystem
+// once per start of the container. Every heartbeat lists every VPS, and
+// reading the keys takes several archive copies per container, which on a
+// busy engine made a heartbeat outlast the host's timeout. sshd loads its
+// keys when it starts, and the gateway keeps the keys pinned at creation
+// anyway, so a key replaced inside a running VPS is reported after its
+// next start.
+func (rt *Runtime) hostKeysOf(ctx context.Context, c container.InspectResponse) ([]string, error) {
+	started := ""
+	if c.State != nil {
+		started = c.State.StartedAt
+	}
+	if keys, ok := rt.keys.get(c.ID, started); ok {
+		return keys, nil
+	}
+	keys, err := rt.readHostKeys(ctx, c.ID)
+	if err != nil {
+		return nil, err
+	}
+	rt.keys.put(c.ID, started, keys)
+	return slices.Clone(keys), nil
 }
 
 // List returns this node's VPS containers in every state, for re-adoption
@@ -347,6 +373,7 @@ func (rt *Runtime) Remove(ctx context.Context, taskID string) error {
 	if err := rt.remove(ctx, c.ID); err != nil {
 		return fmt.Errorf("remove container %s: %w", c.Name, err)
 	}
+	rt.keys.forget(c.ID)
 	rt.log.Info("vps removed", "task_id", taskID)
 	return nil
 }
