@@ -193,7 +193,7 @@ func (rt *Runtime) waitReady(ctx context.Context, taskID string) (Info, error) {
 		case crashed(c):
 			return Info{}, rt.noSSHD(c, fmt.Sprintf("container exited with code %d", c.State.ExitCode))
 		default:
-			addr, err := publishedSSHAddr(c)
+			addr, err := rt.sshAddrOf(readyCtx, c)
 			if err == nil {
 				err = readBanner(readyCtx, addr)
 			}

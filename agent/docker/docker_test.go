@@ -32,8 +32,22 @@ func TestCreateAndConnect(t *testing.T) {
 		AuthorizedKeys: []string{userLine + " test-user", "cert-authority " + caLine + " test-ca"},
 	})
 
-	if !strings.HasPrefix(info.SSHAddr, "127.0.0.1:") {
-		t.Errorf("SSHAddr = %q, want 127.0.0.1:<port>", info.SSHAddr)
+	// Port 22 is published on loopback only (the fallback), and the relay
+	// dials the container's own address, which this machine reaches.
+	c, err := rt.inspect(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	published, err := publishedSSHAddr(c)
+	if err != nil || !strings.HasPrefix(published, "127.0.0.1:") {
+		t.Errorf("published at %q (%v), want 127.0.0.1:<port>", published, err)
+	}
+	own, ok := networkSSHAddr(c)
+	if !ok || info.SSHAddr != own || !strings.HasSuffix(own, ":22") {
+		t.Errorf("SSHAddr = %q, want the container's network address %q (found: %v)", info.SSHAddr, own, ok)
+	}
+	if rt.networkReach.Load() != reachYes {
+		t.Errorf("container networks not recorded as reachable (%d)", rt.networkReach.Load())
 	}
 	if len(info.HostKeys) != 1 || !strings.HasPrefix(info.HostKeys[0], "ssh-ed25519 ") {
 		t.Fatalf("HostKeys = %q, want one ed25519 key", info.HostKeys)

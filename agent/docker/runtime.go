@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -69,7 +70,8 @@ type Runtime struct {
 	stopTimeout  time.Duration
 	readyTimeout time.Duration
 
-	keys hostKeyCache
+	keys         hostKeyCache
+	networkReach atomic.Int32 // reachUnknown, reachYes or reachNo: see addr.go
 }
 
 // State is Docker's state of a container: "created", "running", "paused",
@@ -85,9 +87,9 @@ type Info struct {
 	ContainerID string
 	Image       string
 	State       State
-	// SSHAddr is "127.0.0.1:<port>" where the VPS's sshd is published,
-	// or "" when the container is not running. The port may change when
-	// the container restarts: see SSHAddr.
+	// SSHAddr is where the relay dials the VPS's sshd (see SSHAddr), or
+	// "" when the container is not running. It may change when the
+	// container restarts.
 	SSHAddr string
 	// HostKeys are the sshd's public host keys in authorized_keys format
 	// ("ssh-ed25519 AAAA..."), ed25519 first.
@@ -212,7 +214,7 @@ func (rt *Runtime) info(ctx context.Context, taskID string, c container.InspectR
 	if c.State != nil {
 		in.State = State(c.State.Status)
 	}
-	if addr, err := publishedSSHAddr(c); err == nil {
+	if addr, err := rt.sshAddrOf(ctx, c); err == nil {
 		in.SSHAddr = addr
 	}
 	keys, err := rt.hostKeysOf(ctx, c)
@@ -278,16 +280,18 @@ func (rt *Runtime) List(ctx context.Context) ([]Info, error) {
 	return out, nil
 }
 
-// SSHAddr returns the address ("127.0.0.1:<port>") where the task's sshd is
-// published right now. It inspects the container on every call, because the
-// port may change when the container restarts. The error wraps ErrNotFound
-// or ErrNotRunning.
+// SSHAddr returns where the task's sshd answers right now: the container's
+// address on its Docker network ("172.17.0.5:22"), or where port 22 is
+// published on loopback when this node cannot reach container networks
+// (see addr.go). It inspects the container on every call, because both may
+// change when the container restarts. The error wraps ErrNotFound or
+// ErrNotRunning.
 func (rt *Runtime) SSHAddr(ctx context.Context, taskID string) (string, error) {
 	c, err := rt.inspect(ctx, taskID)
 	if err != nil {
 		return "", err
 	}
-	return publishedSSHAddr(c)
+	return rt.sshAddrOf(ctx, c)
 }
 
 // publishedSSHAddr returns where port 22 of a running container is

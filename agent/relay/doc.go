@@ -13,7 +13,7 @@
 //
 // signed with the cluster token (package agent/clusterauth). The agent's
 // Handler verifies it, asks its Targets for the sshd's address (normally
-// 127.0.0.1:<published port>), dials it, answers "101 Switching Protocols"
+// the container's address on its Docker network), dials it, answers "101 Switching Protocols"
 // and from then on copies bytes both ways. Refusals are small JSON bodies
 // {"error": "...", "relay_id": "..."} with a status Dial maps to a sentinel
 // error (see errors.go), so the gateway can tell users in one line why

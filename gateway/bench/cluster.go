@@ -47,7 +47,8 @@ type env struct {
 	signer  gossh.Signer // the same key, for Go clients
 	keyLine string       // its authorized_keys line
 
-	directPort int // VPS sshd published on 127.0.0.1
+	directHost string // where the agent's relay dials the VPS sshd too
+	directPort int
 	gwPort     int
 	jumpPort   int
 	jump       *exec.Cmd
@@ -67,11 +68,11 @@ type path struct {
 }
 
 func (e *env) pathA() path {
-	return path{"A", []string{"-p", strconv.Itoa(e.directPort), "root@127.0.0.1"}}
+	return path{"A", []string{"-p", strconv.Itoa(e.directPort), "root@" + e.directHost}}
 }
 
 func (e *env) pathB() path {
-	return path{"B", []string{"-J", "root@127.0.0.1:" + strconv.Itoa(e.jumpPort), "-p", strconv.Itoa(e.directPort), "root@127.0.0.1"}}
+	return path{"B", []string{"-J", "root@127.0.0.1:" + strconv.Itoa(e.jumpPort), "-p", strconv.Itoa(e.directPort), "root@" + e.directHost}}
 }
 
 func (e *env) pathC() path {
@@ -245,15 +246,18 @@ func (e *env) createVPS(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// The direct path: where the agent's runtime published the sshd.
+	// The direct path: where the agent's relay dials the sshd (the
+	// container's address, or its published port on a node that cannot
+	// reach container networks), so that A and C end the same way.
 	addr, err := e.rt.SSHAddr(cctx, v.TaskID)
 	if err != nil {
-		return fmt.Errorf("published sshd of %s: %w", v.TaskID, err)
+		return fmt.Errorf("sshd address of %s: %w", v.TaskID, err)
 	}
-	_, port, err := net.SplitHostPort(addr)
+	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return err
 	}
+	e.directHost = host
 	e.directPort, _ = strconv.Atoi(port)
 	info, err := e.rt.Inspect(cctx, v.TaskID)
 	if err != nil {
@@ -338,7 +342,7 @@ MaxStartups 100:30:200
 func (e *env) writeKnownHosts(jumpHostKey string) error {
 	var lines []string
 	for _, k := range e.vps.HostKeys {
-		lines = append(lines, fmt.Sprintf("[127.0.0.1]:%d %s", e.directPort, k))
+		lines = append(lines, knownHostsName(e.directHost, e.directPort)+" "+k)
 	}
 	lines = append(lines, fmt.Sprintf("[127.0.0.1]:%d %s", e.jumpPort, jumpHostKey))
 	lines = append(lines, gateway.KnownHostsLines(e.host.HostKeys, fmt.Sprintf("[127.0.0.1]:%d", e.gwPort))...)
@@ -493,4 +497,13 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// knownHostsName is how ssh looks a host up in known_hosts: bare on port 22,
+// [host]:port otherwise.
+func knownHostsName(host string, port int) string {
+	if port == 22 {
+		return host
+	}
+	return fmt.Sprintf("[%s]:%d", host, port)
 }

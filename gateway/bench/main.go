@@ -214,8 +214,8 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	defer e.close()
-	fmt.Printf("paths: A direct ssh -p %d root@127.0.0.1 | B ssh -J root@127.0.0.1:%d -p %d root@127.0.0.1 | C ssh -p %d %s@127.0.0.1\n",
-		e.directPort, e.jumpPort, e.directPort, e.gwPort, e.vps.TaskID)
+	fmt.Printf("paths: A direct ssh -p %d root@%s | B ssh -J root@127.0.0.1:%d -p %d root@%s | C ssh -p %d %s@127.0.0.1\n",
+		e.directPort, e.directHost, e.jumpPort, e.directPort, e.directHost, e.gwPort, e.vps.TaskID)
 	fmt.Println("CPU is this process's utime+stime (/proc/self/stat): host and gateway run in it; the agent runs in a child process, as on a node, and is reported apart.")
 
 	if o.only[measureUpload] || o.only[measureConnect] {

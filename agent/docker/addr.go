@@ -1,0 +1,85 @@
+package docker
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"sort"
+
+	"github.com/moby/moby/api/types/container"
+)
+
+// Where the relay dials a VPS's sshd.
+//
+// Every byte of a session crosses the node twice in the relay (in from the
+// gateway, out to the sshd). Dialing the published loopback port adds
+// Docker's userland proxy (docker-proxy), a third process copying every
+// byte; dialing the container's own address on its Docker network does
+// not. The published port stays as the fallback for engines whose
+// container networks the node cannot reach (rootless Docker, Docker
+// Desktop), which the runtime learns once, from the first container that
+// answers on its published port but not on its own address.
+
+// Reachability of container addresses from the agent, learnt once.
+const (
+	reachUnknown int32 = iota
+	reachYes
+	reachNo
+)
+
+// sshAddrOf returns where to dial the running container's sshd: its
+// network address when container networks are reachable from here, else
+// its published port. The error wraps ErrNotRunning when it is not running.
+func (rt *Runtime) sshAddrOf(ctx context.Context, c container.InspectResponse) (string, error) {
+	published, err := publishedSSHAddr(c)
+	if err != nil {
+		return "", err
+	}
+	own, ok := networkSSHAddr(c)
+	if !ok {
+		return published, nil
+	}
+	switch rt.networkReach.Load() {
+	case reachYes:
+		return own, nil
+	case reachNo:
+		return published, nil
+	}
+	if readBanner(ctx, own) == nil {
+		if rt.networkReach.CompareAndSwap(reachUnknown, reachYes) {
+			rt.log.Info("relaying to VPS sshds on their container addresses (no userland proxy)", "example", own)
+		}
+		return own, nil
+	}
+	// Decide only when the published port answers: an sshd that is not
+	// up yet answers on neither.
+	if readBanner(ctx, published) == nil && rt.networkReach.CompareAndSwap(reachUnknown, reachNo) {
+		rt.log.Warn("container addresses are not reachable from this node; relaying through published ports", "tried", own, "published", published)
+	}
+	return published, nil
+}
+
+// networkSSHAddr returns the container's sshd on its address in one of its
+// Docker networks (the first by name, for a stable choice), if it has one.
+func networkSSHAddr(c container.InspectResponse) (string, bool) {
+	if c.NetworkSettings == nil {
+		return "", false
+	}
+	names := make([]string, 0, len(c.NetworkSettings.Networks))
+	for name := range c.NetworkSettings.Networks {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		ep := c.NetworkSettings.Networks[name]
+		if ep == nil || !usableAddr(ep.IPAddress) {
+			continue
+		}
+		return net.JoinHostPort(ep.IPAddress.String(), sshPort.Port()), true
+	}
+	return "", false
+}
+
+func usableAddr(a netip.Addr) bool {
+	return a.IsValid() && !a.IsUnspecified() && !a.IsLoopback()
+}
