@@ -62,7 +62,15 @@ func runBulk(ctx context.Context, e *env, o options) (BulkResult, error) {
 			for _, p := range []path{e.pathA(), e.pathC()} {
 				d, err := connectTrue(ctx, e, p)
 				if err != nil {
-					return err
+					// One retry: the VPS sshd may still be reaping the
+					// previous measure's sessions.
+					fmt.Printf("scale: %s: %v; retrying once in 5 s\n", p.name, err)
+					if err := sleepCtx(ctx, 5*time.Second); err != nil {
+						return err
+					}
+					if d, err = connectTrue(ctx, e, p); err != nil {
+						return err
+					}
 				}
 				ms := float64(d.Microseconds()) / 1000
 				if p.name == "A" {
@@ -73,6 +81,18 @@ func runBulk(ctx context.Context, e *env, o options) (BulkResult, error) {
 			}
 		}
 		return nil
+	}
+	// After the sessions measure, thousands of sshd processes are still
+	// exiting: wait until the direct path answers before sampling.
+	for try := 1; ; try++ {
+		if _, err := connectTrue(ctx, e, e.pathA()); err == nil {
+			break
+		} else if try == 12 {
+			return res, fmt.Errorf("scale: the VPS sshd does not answer: %w", err)
+		}
+		if err := sleepCtx(ctx, 10*time.Second); err != nil {
+			return res, err
+		}
 	}
 	fmt.Printf("scale: %d connect + true samples each on A and C before the insert...\n", o.bulkSamples)
 	if err := sample(&res.BeforeA, &res.BeforeC); err != nil {
@@ -190,4 +210,16 @@ func randomKey() (store.AuthorizedKey, error) {
 		return store.AuthorizedKey{}, err
 	}
 	return store.ParseAuthorizedKey(strings.TrimSpace(string(gossh.MarshalAuthorizedKey(sp))) + " bulk")
+}
+
+// sleepCtx sleeps for d or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
