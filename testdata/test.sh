@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of kohakuriver on a fresh Debian 12 machine with Docker:
-# installs what is missing, builds the VPS image, then vet, the test suite
+# installs what is missing, builds the VPS image, then gofmt, vet, staticcheck, the test suite
 # and short fuzzing runs. Long soaks and benchmarks are separate
 # (see the Justfile: bench, soak).
 set -euo pipefail
@@ -9,8 +9,15 @@ cd "$(dirname "$0")/.."
 bash testdata/setup.sh
 export KOHAKURIVER_REQUIRE_SSHD=1
 
-echo "== go vet"
+echo "== gofmt, go vet, staticcheck"
+unformatted=$(gofmt -l .)
+if [ -n "$unformatted" ]; then
+	echo "gofmt -l lists files that need formatting: $unformatted" >&2
+	exit 1
+fi
 go vet ./...
+# Pinned, fetched through the module proxy like every other dependency.
+go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 echo "== go test"
 go test -count=1 -timeout 30m ./...
 echo "== fuzz (short)"
