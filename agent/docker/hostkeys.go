@@ -190,7 +190,7 @@ func (c *hostKeyCache) get(id, started string) ([]string, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.m[id]
-	if !ok || e.started != started || started == "" {
+	if !ok || e.started != started { // put stores no "" (never started)
 		return nil, false
 	}
 	return slices.Clone(e.keys), true

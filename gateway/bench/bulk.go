@@ -60,17 +60,11 @@ func runBulk(ctx context.Context, e *env, o options) (BulkResult, error) {
 	sample := func(as, cs *[]float64) error {
 		for range o.bulkSamples {
 			for _, p := range []path{e.pathA(), e.pathC()} {
-				d, err := connectTrue(ctx, e, p)
+				// One retry: the VPS sshd may still be reaping the
+				// previous measure's sessions.
+				d, err := connectTrueRetrying(ctx, e, p, 2, 5*time.Second)
 				if err != nil {
-					// One retry: the VPS sshd may still be reaping the
-					// previous measure's sessions.
-					fmt.Printf("scale: %s: %v; retrying once in 5 s\n", p.name, err)
-					if err := sleepCtx(ctx, 5*time.Second); err != nil {
-						return err
-					}
-					if d, err = connectTrue(ctx, e, p); err != nil {
-						return err
-					}
+					return err
 				}
 				ms := float64(d.Microseconds()) / 1000
 				if p.name == "A" {
@@ -84,15 +78,8 @@ func runBulk(ctx context.Context, e *env, o options) (BulkResult, error) {
 	}
 	// After the sessions measure, thousands of sshd processes are still
 	// exiting: wait until the direct path answers before sampling.
-	for try := 1; ; try++ {
-		if _, err := connectTrue(ctx, e, e.pathA()); err == nil {
-			break
-		} else if try == 12 {
-			return res, fmt.Errorf("scale: the VPS sshd does not answer: %w", err)
-		}
-		if err := sleepCtx(ctx, 10*time.Second); err != nil {
-			return res, err
-		}
+	if _, err := connectTrueRetrying(ctx, e, e.pathA(), 12, 10*time.Second); err != nil {
+		return res, fmt.Errorf("scale: the VPS sshd does not answer: %w", err)
 	}
 	fmt.Printf("scale: %d connect + true samples each on A and C before the insert...\n", o.bulkSamples)
 	if err := sample(&res.BeforeA, &res.BeforeC); err != nil {
@@ -212,14 +199,21 @@ func randomKey() (store.AuthorizedKey, error) {
 	return store.ParseAuthorizedKey(strings.TrimSpace(string(gossh.MarshalAuthorizedKey(sp))) + " bulk")
 }
 
-// sleepCtx sleeps for d or until ctx ends.
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+// connectTrueRetrying is connectTrue with up to tries attempts, wait apart;
+// it returns the first success or the last error.
+func connectTrueRetrying(ctx context.Context, e *env, p path, tries int, wait time.Duration) (time.Duration, error) {
+	for try := 1; ; try++ {
+		d, err := connectTrue(ctx, e, p)
+		if err == nil || try == tries {
+			return d, err
+		}
+		fmt.Printf("scale: %s: %v; retrying in %s\n", p.name, err, wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return 0, ctx.Err()
+		}
 	}
 }
