@@ -193,7 +193,9 @@ func (s *Server) onConnect(ctx gliderssh.Context, nc net.Conn) net.Conn {
 			nc.Close()
 		}
 	})
-	go c.waitEnd()
+	// Not a goroutine per conn parked on Done: AfterFunc costs nothing
+	// until the context ends.
+	context.AfterFunc(c.ctx, c.end)
 	c.log.Debug("connection accepted", "remote_addr", c.remote.String(), "vps_port", c.vpsPort)
 	return c.counted
 }
@@ -203,12 +205,9 @@ func (s *Server) onHandshakeFailed(nc net.Conn, err error) {
 	s.log.Debug("handshake failed", "remote_addr", nc.RemoteAddr().String(), "err", err)
 }
 
-// waitEnd ends the conn when its context ends (the downstream connection
+// end ends the conn once its context has ended (the downstream connection
 // closed: gliderlabs cancels the context when it closes the socket).
-func (c *conn) waitEnd() {
-	<-c.ctx.Done()
-	c.close(context.Cause(c.ctx))
-}
+func (c *conn) end() { c.close(context.Cause(c.ctx)) }
 
 // close ends the connection from whichever side: stops the hop, closes the
 // downstream socket, releases the slot and writes the summary log line.

@@ -47,15 +47,35 @@ func (c *conn) finishHop(up *upstream, err error) {
 		c.log.Warn("hop failed", "err", err)
 		return
 	}
-	go c.relayUpstreamRequests(up.reqs)
-	go c.relayUpstreamChannels(up.chans)
-	go func() {
-		// When the VPS side ends, let the channels drain to the client,
-		// then close the downstream connection.
-		err := up.client.Wait()
-		c.waitPipes(5 * time.Second)
-		c.close(fmt.Errorf("vps connection ended: %w", err))
-	}()
+	go c.relayUpstream(up)
+}
+
+// relayUpstream relays what the VPS initiates, global requests and channel
+// opens, until the hop ends; then it lets the open channels drain to the
+// client and closes the downstream connection. One goroutine serves both
+// streams because an idle gateway holds one of these per connection.
+func (c *conn) relayUpstream(up *upstream) {
+	reqs, chans := up.reqs, up.chans
+	for reqs != nil || chans != nil {
+		select {
+		case req, ok := <-reqs:
+			if !ok {
+				reqs = nil
+				continue
+			}
+			c.relayUpstreamRequest(req)
+		case nc, ok := <-chans:
+			if !ok {
+				chans = nil
+				continue
+			}
+			c.relayUpstreamChannel(nc)
+		}
+	}
+	// x/crypto closes both when the hop's transport ends.
+	err := up.client.Wait()
+	c.waitPipes(5 * time.Second)
+	c.close(fmt.Errorf("vps connection ended: %w", err))
 }
 
 // lossConn wraps the hop's byte stream and closes lost when a read fails:

@@ -46,19 +46,15 @@ func (s *Server) handleChannel(_ *gliderssh.Server, sconn *gossh.ServerConn, nc 
 	c.openPair(nc, up.client, "client")
 }
 
-// relayUpstreamChannels relays channels the VPS opens toward the client:
+// relayUpstreamChannel relays a channel the VPS opens toward the client:
 // forwarded-tcpip, forwarded-streamlocal, x11, auth-agent.
-func (c *conn) relayUpstreamChannels(chans <-chan gossh.NewChannel) {
-	var down gossh.Conn
-	for nc := range chans {
-		if down == nil {
-			if down = c.downstream(); down == nil {
-				_ = nc.Reject(gossh.ConnectionFailed, "client gone")
-				continue
-			}
-		}
-		go c.openPair(nc, down, "vps")
+func (c *conn) relayUpstreamChannel(nc gossh.NewChannel) {
+	down := c.downstream()
+	if down == nil {
+		_ = nc.Reject(gossh.ConnectionFailed, "client gone")
+		return
 	}
+	go c.openPair(nc, down, "vps")
 }
 
 // openPair opens the twin of nc on the other connection, then accepts nc and
@@ -187,20 +183,24 @@ func (c *conn) explainLostVPS(t *tap) {
 // order keeps output that sshd sends after exit-status, and makes
 // `cmd | ssh host sha256sum` exact.
 func bridge(down gossh.Channel, downReqs <-chan *gossh.Request, up gossh.Channel, upReqs <-chan *gossh.Request, toVPS, toClient tap) {
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); half(down, downReqs, up, toVPS) }()
-	go func() { defer wg.Done(); half(up, upReqs, down, toClient) }()
-	wg.Wait()
+	// One half runs on the caller's goroutine: an idle session holds
+	// thousands of these, so every parked goroutine counts.
+	done := make(chan struct{})
+	go func() { defer close(done); half(down, downReqs, up, toVPS) }()
+	half(up, upReqs, down, toClient)
+	<-done
 }
 
 // Copy buffers. A relay copy spends nearly all its life blocked in Read,
 // and four of them run per session (stdout and stderr, both ways), so the
 // buffer held across that Read is most of a session's memory: 32 KiB each
 // would be 128 KiB per idle shell. A copy therefore waits with a small
-// buffer and borrows a packet-sized one only while data streams.
+// buffer, big enough for keystrokes, a prompt or a line of output, and
+// borrows a packet-sized one once a read fills it, until reads come back
+// no bigger than a burst of terminal output again.
 const (
-	idleCopyBuf = 1 << 10
+	idleCopyBuf = 256
+	burstSize   = 1 << 10
 	bulkCopyBuf = 32 << 10 // x/crypto's largest channel data packet
 )
 
@@ -228,7 +228,7 @@ func copyData(dst io.Writer, src io.Reader) {
 }
 
 // copyBulk copies with a pooled packet-sized buffer while reads return more
-// than the idle buffer holds. It reports whether copying may go on.
+// than burstSize. It reports whether copying may go on.
 func copyBulk(dst io.Writer, src io.Reader) bool {
 	bp := bulkBufs.Get().(*[]byte)
 	defer bulkBufs.Put(bp)
@@ -243,7 +243,7 @@ func copyBulk(dst io.Writer, src io.Reader) bool {
 		if err != nil {
 			return false
 		}
-		if n <= idleCopyBuf {
+		if n <= burstSize {
 			return true
 		}
 	}
@@ -463,31 +463,26 @@ func (s *Server) handleGlobalRequest(ctx gliderssh.Context, _ *gliderssh.Server,
 	return ok, payload
 }
 
-// relayUpstreamRequests relays the VPS's global requests to the client,
-// except hostkeys-00@openssh.com.
-func (c *conn) relayUpstreamRequests(reqs <-chan *gossh.Request) {
-	var down gossh.Conn
-	for req := range reqs {
-		if req.Type == reqHostKeys {
-			if req.WantReply {
-				_ = req.Reply(false, nil)
-			}
-			continue
-		}
-		if down == nil {
-			down = c.downstream()
-		}
-		ok, payload := false, []byte(nil)
-		if down != nil {
-			var err error
-			ok, payload, err = down.SendRequest(req.Type, req.WantReply, req.Payload)
-			if err != nil {
-				ok = false
-			}
-		}
+// relayUpstreamRequest relays one of the VPS's global requests to the
+// client, except hostkeys-00@openssh.com. It waits for the client's reply
+// when the VPS wants one (OpenSSH's keepalives, answered at once).
+func (c *conn) relayUpstreamRequest(req *gossh.Request) {
+	if req.Type == reqHostKeys {
 		if req.WantReply {
-			_ = req.Reply(ok, payload)
+			_ = req.Reply(false, nil)
 		}
+		return
+	}
+	ok, payload := false, []byte(nil)
+	if down := c.downstream(); down != nil {
+		var err error
+		ok, payload, err = down.SendRequest(req.Type, req.WantReply, req.Payload)
+		if err != nil {
+			ok = false
+		}
+	}
+	if req.WantReply {
+		_ = req.Reply(ok, payload)
 	}
 }
 

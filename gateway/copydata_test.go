@@ -1,0 +1,109 @@
+package gateway
+
+import (
+	"bytes"
+	"crypto/rand"
+	"io"
+	"testing"
+)
+
+// chunkReader returns data in the chunk sizes given, as a channel's Read
+// returns whatever has arrived, then EOF.
+type chunkReader struct {
+	data   []byte
+	chunks []int
+	reads  int
+}
+
+func (r *chunkReader) Read(p []byte) (int, error) {
+	if len(r.data) == 0 {
+		return 0, io.EOF
+	}
+	r.reads++
+	n := len(r.data)
+	if len(r.chunks) > 0 {
+		n = min(n, r.chunks[0])
+	}
+	n = copy(p, r.data[:n])
+	r.data = r.data[n:]
+	if len(r.chunks) > 0 {
+		// A chunk bigger than p stays partly buffered, as in a channel.
+		if r.chunks[0] -= n; r.chunks[0] == 0 {
+			r.chunks = r.chunks[1:]
+		}
+	}
+	return n, nil
+}
+
+// recordingWriter keeps every write's size.
+type recordingWriter struct {
+	bytes.Buffer
+	sizes []int
+}
+
+func (w *recordingWriter) Write(p []byte) (int, error) {
+	w.sizes = append(w.sizes, len(p))
+	return w.Buffer.Write(p)
+}
+
+// TestCopyDataModes moves data through the idle-buffer and bulk-buffer
+// modes and back: every byte must arrive in order, and a chunk that fits
+// the buffer in use must go out as one write (one SSH packet), not split.
+func TestCopyDataModes(t *testing.T) {
+	chunks := []int{
+		1, 3, idleCopyBuf - 1, // keystrokes and a prompt: idle buffer
+		idleCopyBuf,                    // fills it: switch to bulk
+		bulkCopyBuf, bulkCopyBuf, 5000, // streaming
+		burstSize, // a short read again: back to idle
+		2, 100,
+		bulkCopyBuf + 10, // fills the idle buffer, the rest goes through bulk
+		7,
+	}
+	total := 0
+	for _, c := range chunks {
+		total += c
+	}
+	data := make([]byte, total)
+	_, _ = rand.Read(data)
+	src := &chunkReader{data: data, chunks: append([]int(nil), chunks...)}
+	var dst recordingWriter
+	copyData(&dst, src)
+	if !bytes.Equal(dst.Bytes(), data) {
+		t.Fatalf("copied %d bytes, not the %d sent in order", dst.Len(), len(data))
+	}
+	want := []int{
+		1, 3, idleCopyBuf - 1,
+		idleCopyBuf,
+		bulkCopyBuf, bulkCopyBuf, 5000,
+		burstSize,
+		2, 100,
+		idleCopyBuf, bulkCopyBuf + 10 - idleCopyBuf,
+		7,
+	}
+	if len(dst.sizes) != len(want) {
+		t.Fatalf("writes %v, want %v", dst.sizes, want)
+	}
+	for i := range want {
+		if dst.sizes[i] != want[i] {
+			t.Fatalf("writes %v, want %v", dst.sizes, want)
+		}
+	}
+}
+
+// failingWriter fails every write.
+type failingWriter struct{ writes int }
+
+func (w *failingWriter) Write([]byte) (int, error) { w.writes++; return 0, io.ErrClosedPipe }
+
+// TestCopyDataStopsOnWriteError: a destination that failed ends the copy
+// at once, in either mode, instead of draining the source.
+func TestCopyDataStopsOnWriteError(t *testing.T) {
+	for _, first := range []int{10, idleCopyBuf} {
+		src := &chunkReader{data: make([]byte, 4*bulkCopyBuf), chunks: []int{first, bulkCopyBuf}}
+		var dst failingWriter
+		copyData(&dst, src)
+		if dst.writes != 1 || src.reads != 1 {
+			t.Fatalf("first chunk %d: %d writes and %d reads after a failed write, want 1 and 1", first, dst.writes, src.reads)
+		}
+	}
+}
