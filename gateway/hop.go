@@ -131,7 +131,13 @@ func (c *conn) dialHop() (*upstream, error) {
 		nc.Close()
 		return nil, err
 	}
-	return c.srv.handshake(ctx, nc, v, pinned, c.route.login, gossh.PublicKeys(signers...))
+	// x/crypto keeps the client config, Auth included, for re-keying as
+	// long as the connection lives; the callback lets the certificate go
+	// once the login is done (auth runs inside handshake, on this goroutine).
+	auth := gossh.PublicKeysCallback(func() ([]gossh.Signer, error) { return signers, nil })
+	up, err := c.srv.handshake(ctx, nc, v, pinned, c.route.login, auth)
+	signers = nil
+	return up, err
 }
 
 // hopSigners are the hop's credentials in the order offered: the
