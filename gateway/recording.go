@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	gossh "golang.org/x/crypto/ssh"
 )
@@ -41,6 +42,11 @@ type recording struct {
 	start    time.Time
 	written  int64
 	disabled bool // no pty, capped, or an I/O error: stop recording
+	// held is, per stream ("i" and "o"), the start of a UTF-8 character
+	// that the last chunk ended in the middle of. Events are JSON strings,
+	// and encoding/json would turn each half into U+FFFD, so the bytes wait
+	// for the rest of the character in the next chunk (or for close).
+	heldIn, heldOut []byte
 }
 
 // newRecording prepares a recording for a session of c, or returns nil when
@@ -118,6 +124,11 @@ func (r *recording) open(cols, rows uint32, term string) {
 func (r *recording) event(kind, data string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.eventLocked(kind, data)
+}
+
+// eventLocked is event for callers holding r.mu.
+func (r *recording) eventLocked(kind, data string) {
 	if r.f == nil || r.disabled {
 		return
 	}
@@ -145,15 +156,56 @@ func (r *recording) fail(err error) {
 	r.log("session recording stopped", "path", r.path, "err", err)
 }
 
-// streamWriter turns relayed bytes into events of one kind.
+// streamWriter turns relayed bytes into events of one kind. The relay
+// reads in chunks that can end inside a multi-byte UTF-8 character: the
+// incomplete tail is held back and prepended to the stream's next chunk.
+// Write never blocks beyond the recording's lock and never fails.
 type streamWriter struct {
 	r    *recording
 	kind string
 }
 
 func (w streamWriter) Write(p []byte) (int, error) {
-	w.r.event(w.kind, string(p))
+	r := w.r
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.f == nil || r.disabled {
+		return len(p), nil
+	}
+	held := r.heldFor(w.kind)
+	buf := p
+	if len(*held) > 0 {
+		buf = append(*held, p...)
+	}
+	n := len(buf) - incompleteTail(buf)
+	if n > 0 {
+		r.eventLocked(w.kind, string(buf[:n]))
+	}
+	// Copy: neither p (the relay's buffer) nor buf may be kept.
+	*held = append((*held)[:0:0], buf[n:]...)
 	return len(p), nil
+}
+
+func (r *recording) heldFor(kind string) *[]byte {
+	if kind == "i" {
+		return &r.heldIn
+	}
+	return &r.heldOut
+}
+
+// incompleteTail returns how many bytes at the end of b are the start of
+// a UTF-8 character whose remaining bytes have not arrived yet (0 to
+// utf8.UTFMax-1). Invalid sequences are not held: they count as complete.
+func incompleteTail(b []byte) int {
+	for i := len(b) - 1; i >= 0 && i >= len(b)-(utf8.UTFMax-1); i-- {
+		if utf8.RuneStart(b[i]) {
+			if !utf8.FullRune(b[i:]) {
+				return len(b) - i
+			}
+			return 0
+		}
+	}
+	return 0
 }
 
 func (r *recording) input() io.Writer  { return streamWriter{r, "i"} }
@@ -165,6 +217,14 @@ func (r *recording) close() {
 	defer r.mu.Unlock()
 	if r.f == nil {
 		return
+	}
+	// A stream that ended inside a character: record its bytes as they
+	// are (encoding/json shows them as U+FFFD) rather than drop them.
+	for _, kind := range []string{"i", "o"} {
+		if held := r.heldFor(kind); len(*held) > 0 {
+			r.eventLocked(kind, string(*held))
+			*held = nil
+		}
 	}
 	if err := r.w.Flush(); err != nil {
 		r.log("session recording not flushed", "path", r.path, "err", err)
