@@ -38,12 +38,23 @@ func (s *Server) mayAuthenticate(ctx gliderssh.Context, key gliderssh.PublicKey)
 		return false
 	}
 	_, err := s.resolve(c.ctx, c.vpsPort, ctx.User(), key)
+	if errors.Is(err, errSeveralVPSs) {
+		// The refusal names the key's VPSs: say yes here, so that only a
+		// client that proves it holds the key (onVerified) reads it. A
+		// public key alone (anyone's, from a key server) must not list
+		// what it opens.
+		return true
+	}
 	if err != nil {
 		c.refuse(err)
 		return false
 	}
 	return true
 }
+
+// errSeveralVPSs is wrapped in the refusal of a key route whose key opens
+// more than one running VPS.
+var errSeveralVPSs = errors.New("key opens several running VPSs")
 
 // onVerified runs after the client proved it holds key: the only place the
 // route is bound to the connection.
@@ -190,6 +201,6 @@ func (s *Server) resolveKey(ctx context.Context, login, fp string) (route, error
 		if len(refs) > 5 {
 			refs = append(refs[:5], "...")
 		}
-		return route{}, userErrorf(nil, "this key opens several VPSs (%s); name one: %s", strings.Join(refs, ", "), s.hint())
+		return route{}, userErrorf(errSeveralVPSs, "this key opens several VPSs (%s); name one: %s", strings.Join(refs, ", "), s.hint())
 	}
 }
