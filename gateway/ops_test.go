@@ -220,3 +220,39 @@ func TestShutdownDrainsThenTells(t *testing.T) {
 		t.Fatalf("the long session was not told why: %q", longErr.String())
 	}
 }
+
+// TestShutdownWithStalledClient: a client that stopped reading (its window
+// is used up, so the shutdown notice cannot be written) must not keep
+// Shutdown from closing the gateway.
+func TestShutdownWithStalledClient(t *testing.T) {
+	g := newTestGateway(t, nil)
+	key := newUserKey(t)
+	g.addVPS(t, "stall", 0, key)
+	client := dialGo(t, g, key, "stall")
+	sess, err := client.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := sess.StdoutPipe() // never read
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = stdout
+	if err := sess.Start("yes"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // yes fills the 2 MiB window in far less
+
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- g.srv.Shutdown(ctx) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second): // a hang detector, not a timing check
+		t.Fatal("Shutdown hung on a client that stopped reading")
+	}
+	if n := g.srv.ActiveConns(); n != 0 {
+		t.Fatalf("%d connections left after Shutdown", n)
+	}
+}

@@ -372,13 +372,34 @@ func (s *Server) Shutdown(ctx context.Context) error {
 				conns = append(conns, c)
 			}
 			s.mu.Unlock()
-			for _, c := range conns {
-				c.tellSessions("the gateway is shutting down; reconnect in a moment")
-			}
+			tellAll(conns, "the gateway is shutting down; reconnect in a moment")
 			s.Close()
 			return ctx.Err()
 		case <-t.C:
 		}
+	}
+}
+
+// shutdownNoticeTime bounds how long Shutdown waits for its notice to reach
+// the sessions it is about to cut.
+const shutdownNoticeTime = time.Second
+
+// tellAll writes msg to every session of conns, all at once, and returns
+// when they are written or after shutdownNoticeTime. A write waits for the
+// client's window, which a client that stopped reading (a suspended ssh)
+// never opens; closing the conns afterwards ends such writes.
+func tellAll(conns []*conn, msg string) {
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Go(func() { c.tellSessions(msg) })
+	}
+	told := make(chan struct{})
+	go func() { wg.Wait(); close(told) }()
+	t := time.NewTimer(shutdownNoticeTime)
+	defer t.Stop()
+	select {
+	case <-told:
+	case <-t.C:
 	}
 }
 
