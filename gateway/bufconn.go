@@ -15,12 +15,15 @@ import (
 // packet on each of the gateway's two connections. A plain bigger buffer
 // would stay allocated for every idle shell (the gateway's reads are always
 // pending), so the big buffer is borrowed from a pool only once a read
-// comes back full (more is probably queued) and handed back as soon as it
-// is drained and a read comes back short.
+// comes back full (more is probably queued). It is handed back before any
+// read that would probably block: once it is drained and its last fill
+// took less than it holds, the socket had nothing more, and the next read
+// goes straight into the caller's buffer again.
 type readAheadConn struct {
 	net.Conn
 	buf  *[]byte // borrowed while streaming; nil when idle
 	r, w int     // unread bytes are (*buf)[r:w]
+	full bool    // the last fill filled buf
 }
 
 const readAheadSize = 128 << 10
@@ -36,10 +39,14 @@ func (c *readAheadConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	if c.buf != nil && c.r == c.w && !c.full {
+		c.release()
+	}
 	if c.buf == nil {
 		n, err := c.Conn.Read(p)
 		if n == len(p) && err == nil {
 			c.buf = readAheadBufs.Get().(*[]byte)
+			c.full = true // fill at the next read
 		}
 		return n, err
 	}
@@ -49,28 +56,17 @@ func (c *readAheadConn) Read(p []byte) (int, error) {
 			c.release()
 			return 0, err
 		}
-		c.r, c.w = 0, n
-		if n < len(p) {
-			// The socket had less than asked for: the stream has slowed
-			// down, so give the buffer back once this is consumed.
-			defer c.releaseIfDrained()
-		}
+		c.r, c.w, c.full = 0, n, n == len(*c.buf)
 	}
 	n := copy(p, (*c.buf)[c.r:c.w])
 	c.r += n
 	return n, nil
 }
 
-func (c *readAheadConn) releaseIfDrained() {
-	if c.r == c.w {
-		c.release()
-	}
-}
-
 func (c *readAheadConn) release() {
 	if c.buf != nil {
 		readAheadBufs.Put(c.buf)
-		c.buf, c.r, c.w = nil, 0, 0
+		c.buf, c.r, c.w, c.full = nil, 0, 0, false
 	}
 }
 

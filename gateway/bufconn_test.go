@@ -3,9 +3,11 @@ package gateway
 import (
 	"bytes"
 	"crypto/rand"
+	"fmt"
 	"io"
 	mrand "math/rand/v2"
 	"net"
+	"slices"
 	"testing"
 	"time"
 )
@@ -77,6 +79,67 @@ func TestReadAheadConnKeepsTheStream(t *testing.T) {
 	}
 	if ra.buf != nil {
 		t.Fatal("buffer still borrowed after the stream ended")
+	}
+}
+
+// spyConn records the size of every Read it is given.
+type spyConn struct {
+	net.Conn
+	reads []int
+}
+
+func (s *spyConn) Read(p []byte) (int, error) {
+	s.reads = append(s.reads, len(p))
+	return s.Conn.Read(p)
+}
+
+// TestReadAheadConnIdlesWithoutBuffer: after a burst that the read-ahead
+// buffer took in (a fill it did not fill), the read that waits for the
+// next data goes into the caller's buffer, not the 128 KiB one: an idle
+// session must not hold it.
+func TestReadAheadConnIdlesWithoutBuffer(t *testing.T) {
+	w, r := tcpPair(t)
+	spy := &spyConn{Conn: r}
+	ra := newReadAheadConn(spy)
+	burst := make([]byte, 100<<10)
+	_, _ = rand.Read(burst)
+	if _, err := w.Write(burst); err != nil {
+		t.Fatal(err)
+	}
+	var got bytes.Buffer
+	p := make([]byte, 4096)
+	for got.Len() < len(burst) {
+		n, err := ra.Read(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got.Write(p[:n])
+	}
+	if !bytes.Equal(got.Bytes(), burst) {
+		t.Fatal("burst bytes differ")
+	}
+	if !slices.Contains(spy.reads, readAheadSize) {
+		t.Fatalf("socket reads %v: the burst was never read ahead", spy.reads)
+	}
+	done := make(chan error, 1)
+	go func() {
+		n, err := ra.Read(p)
+		if err == nil && string(p[:n]) != "next" {
+			err = fmt.Errorf("read %q, want %q", p[:n], "next")
+		}
+		done <- err
+	}()
+	if _, err := w.Write([]byte("next")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if last := spy.reads[len(spy.reads)-1]; last != len(p) {
+		t.Fatalf("the read after the burst went into a %d-byte buffer, want the caller's %d (socket reads %v)", last, len(p), spy.reads)
+	}
+	if ra.buf != nil {
+		t.Fatal("read-ahead buffer still borrowed while idle")
 	}
 }
 

@@ -76,7 +76,12 @@ type conn struct {
 	recordings  atomic.Int32 // session recordings started
 	forwards    atomic.Int32 // remote forwards requested
 	sessionGate sessionGate  // no-more-sessions@openssh.com
+	// pipes counts open channel pairs, for waitPipes. pipesClosed, under
+	// pipesMu, stops new pairs once waitPipes has begun: a WaitGroup must
+	// not go up from zero while Wait runs.
 	pipes       sync.WaitGroup
+	pipesMu     sync.Mutex
+	pipesClosed bool
 	exitMu      sync.Mutex
 	exits       []string // exit statuses/signals seen, for the log
 	opened      []string // forwards opened, for the audit record
@@ -186,9 +191,12 @@ func (s *Server) onConnect(ctx gliderssh.Context, nc net.Conn) net.Conn {
 	// gliderlabs v0.3.8 has no handshake timeout and resets deadlines on
 	// every read, so a deadline would not survive: a timer that closes the
 	// socket unless auth finished does.
+	// The timer has its own logger: onVerified replaces c.log once auth
+	// is done, which may race with the timer firing.
+	graceLog := c.log
 	c.grace = time.AfterFunc(s.cfg.LoginGraceTime, func() {
 		if !c.authDone.Load() {
-			c.log.Info("login grace time exceeded", "remote_addr", c.remote.String())
+			graceLog.Info("login grace time exceeded", "remote_addr", c.remote.String())
 			s.metrics.authFailed("timeout")
 			nc.Close()
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"io"
+	"slices"
 	"testing"
 )
 
@@ -13,9 +14,11 @@ type chunkReader struct {
 	data   []byte
 	chunks []int
 	reads  int
+	bufs   []int // len(p) of every Read
 }
 
 func (r *chunkReader) Read(p []byte) (int, error) {
+	r.bufs = append(r.bufs, len(p))
 	if len(r.data) == 0 {
 		return 0, io.EOF
 	}
@@ -46,17 +49,22 @@ func (w *recordingWriter) Write(p []byte) (int, error) {
 	return w.Buffer.Write(p)
 }
 
-// TestCopyDataModes moves data through the idle-buffer and bulk-buffer
-// modes and back: every byte must arrive in order, and a chunk that fits
-// the buffer in use must go out as one write (one SSH packet), not split.
+// TestCopyDataModes moves data through the idle, packet and bulk buffers
+// and back: every byte must arrive in order, a chunk that fits the buffer
+// in use must go out as one write (one SSH packet), and the bulk buffer is
+// used only right after a read that filled its buffer: any other read may
+// block for as long as the session idles, and must not hold 128 KiB.
 func TestCopyDataModes(t *testing.T) {
+	const p, b = packetCopyBuf, bulkCopyBuf
 	chunks := []int{
 		1, 3, idleCopyBuf - 1, // keystrokes and a prompt: idle buffer
-		idleCopyBuf,                    // fills it: switch to bulk
-		bulkCopyBuf, bulkCopyBuf, 5000, // streaming
-		burstSize, // a short read again: back to idle
+		idleCopyBuf,   // fills it: packet buffer next
+		p + 7232,      // fills the packet buffer: bulk buffer next, not filled
+		p + b + 36160, // packet, bulk (filled), bulk
+		5000,          // short: packet buffer
+		burstSize,     // no more than a burst: idle buffer again
 		2, 100,
-		bulkCopyBuf + 10, // fills the idle buffer, the rest goes through bulk
+		idleCopyBuf + p + 6986, // idle (filled), packet (filled), bulk
 		7,
 	}
 	total := 0
@@ -71,22 +79,32 @@ func TestCopyDataModes(t *testing.T) {
 	if !bytes.Equal(dst.Bytes(), data) {
 		t.Fatalf("copied %d bytes, not the %d sent in order", dst.Len(), len(data))
 	}
-	want := []int{
-		1, 3, idleCopyBuf - 1,
-		idleCopyBuf,
-		bulkCopyBuf, bulkCopyBuf, 5000,
+	wantWrites := []int{
+		1, 3, idleCopyBuf - 1, idleCopyBuf,
+		p, 7232,
+		p, b, 36160,
+		5000,
 		burstSize,
 		2, 100,
-		idleCopyBuf, bulkCopyBuf + 10 - idleCopyBuf,
+		idleCopyBuf, p, 6986,
 		7,
 	}
-	if len(dst.sizes) != len(want) {
-		t.Fatalf("writes %v, want %v", dst.sizes, want)
+	wantBufs := []int{
+		idleCopyBuf, idleCopyBuf, idleCopyBuf, idleCopyBuf,
+		p, b,
+		p, b, b,
+		p,
+		p,
+		idleCopyBuf, idleCopyBuf,
+		idleCopyBuf, p, b,
+		p,
+		idleCopyBuf, // the read that sees EOF
 	}
-	for i := range want {
-		if dst.sizes[i] != want[i] {
-			t.Fatalf("writes %v, want %v", dst.sizes, want)
-		}
+	if !slices.Equal(dst.sizes, wantWrites) {
+		t.Errorf("writes %v, want %v", dst.sizes, wantWrites)
+	}
+	if !slices.Equal(src.bufs, wantBufs) {
+		t.Errorf("read buffers %v, want %v", src.bufs, wantBufs)
 	}
 }
 

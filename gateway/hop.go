@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -47,32 +49,30 @@ func (c *conn) finishHop(up *upstream, err error) {
 		c.log.Warn("hop failed", "err", err)
 		return
 	}
+	go c.relayUpstreamRequests(up.reqs)
 	go c.relayUpstream(up)
 }
 
-// relayUpstream relays what the VPS initiates, global requests and channel
-// opens, until the hop ends; then it lets the open channels drain to the
-// client and closes the downstream connection. One goroutine serves both
-// streams because an idle gateway holds one of these per connection.
-func (c *conn) relayUpstream(up *upstream) {
-	reqs, chans := up.reqs, up.chans
-	for reqs != nil || chans != nil {
-		select {
-		case req, ok := <-reqs:
-			if !ok {
-				reqs = nil
-				continue
-			}
-			c.relayUpstreamRequest(req)
-		case nc, ok := <-chans:
-			if !ok {
-				chans = nil
-				continue
-			}
-			c.relayUpstreamChannel(nc)
-		}
+// relayUpstreamRequests relays the VPS's global requests to the client, in
+// order, waiting for the client's reply where one is wanted. Channel opens
+// have their own goroutine (relayUpstream): a client that is slow to answer
+// a keepalive (a suspended ssh) must not hold up the VPS's channel opens
+// or the notice that the hop ended.
+func (c *conn) relayUpstreamRequests(reqs <-chan *gossh.Request) {
+	for req := range reqs {
+		c.relayUpstreamRequest(req)
 	}
-	// x/crypto closes both when the hop's transport ends.
+}
+
+// relayUpstream relays the channels the VPS opens until the hop ends; then
+// it lets the open channels drain to the client and closes the downstream
+// connection.
+func (c *conn) relayUpstream(up *upstream) {
+	for nc := range up.chans {
+		c.relayUpstreamChannel(nc)
+	}
+	// x/crypto closes the channel of new channels when the hop's transport
+	// ends.
 	err := up.client.Wait()
 	c.waitPipes(5 * time.Second)
 	c.close(fmt.Errorf("vps connection ended: %w", err))
@@ -106,7 +106,24 @@ func (c *conn) waitHop() (*upstream, error) {
 	}
 }
 
+// addPipe counts a new channel pair, unless the hop has ended and
+// waitPipes has begun.
+func (c *conn) addPipe() bool {
+	c.pipesMu.Lock()
+	defer c.pipesMu.Unlock()
+	if c.pipesClosed {
+		return false
+	}
+	c.pipes.Add(1)
+	return true
+}
+
+// waitPipes waits up to max for the open channel pairs to end, after
+// refusing new ones.
 func (c *conn) waitPipes(max time.Duration) {
+	c.pipesMu.Lock()
+	c.pipesClosed = true
+	c.pipesMu.Unlock()
 	done := make(chan struct{})
 	go func() { c.pipes.Wait(); close(done) }()
 	t := time.NewTimer(max)
@@ -231,10 +248,14 @@ func (s *Server) handshake(ctx context.Context, nc net.Conn, v store.VPS, pinned
 		switch {
 		case errors.Is(err, ErrHostKeyMismatch):
 			return nil, userErrorf(err, "the host key of VPS %s does not match the one recorded when it was created; refusing to connect. Ask your administrator", ref)
-		case ctx.Err() != nil:
+		case ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded):
+			// The socket's deadline is the context's: either may fire first.
 			return nil, userErrorf(err, "timed out logging in to VPS %s", ref)
-		default:
+		case strings.Contains(err.Error(), "unable to authenticate"):
+			// x/crypto has no error type for a client-side auth failure.
 			return nil, userErrorf(err, "the sshd of VPS %s refused the login as %q; check that the user exists in the VPS", ref, login)
+		default:
+			return nil, userErrorf(err, "the sshd of VPS %s ended the connection during the login (it may be restarting or overloaded); try again, or check `kohakuriver vps status %s`", ref, ref)
 		}
 	}
 	_ = nc.SetDeadline(time.Time{})

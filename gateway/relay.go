@@ -62,6 +62,11 @@ func (c *conn) relayUpstreamChannel(nc gossh.NewChannel) {
 // failed inside the VPS, agent forwarding not requested...) reaches the
 // opener with the other side's reason and message.
 func (c *conn) openPair(nc gossh.NewChannel, other gossh.Conn, from string) {
+	if !c.addPipe() {
+		_ = nc.Reject(gossh.ConnectionFailed, "kohakuriver: the connection to the VPS has ended")
+		return
+	}
+	defer c.pipes.Done()
 	limit := c.srv.limits().MaxChannels
 	if int(c.channels.Add(1)) > limit {
 		c.channels.Add(-1)
@@ -72,9 +77,6 @@ func (c *conn) openPair(nc gossh.NewChannel, other gossh.Conn, from string) {
 	defer c.channels.Add(-1)
 	c.srv.metrics.channel(1)
 	defer c.srv.metrics.channel(-1)
-	c.pipes.Add(1)
-	defer c.pipes.Done()
-
 	twin, twinReqs, err := other.OpenChannel(nc.ChannelType(), nc.ExtraData())
 	if err != nil {
 		if oce, ok := err.(*gossh.OpenChannelError); ok {
@@ -199,19 +201,25 @@ func bridge(down gossh.Channel, downReqs <-chan *gossh.Request, up gossh.Channel
 // borrows a packet-sized one once a read fills it, until reads come back
 // no bigger than a burst of terminal output again.
 //
-// The bulk buffer holds four of x/crypto's 32 KiB data packets. Once 96 KiB
-// of a channel's window are outstanding, x/crypto answers every Read with a
-// window adjust (a packet and a write to the peer): reading whatever has
-// queued in one go instead of packet by packet cut the gateway's CPU per
-// GiB relayed by about a tenth in the bench (gateway/bench); 512 KiB did
-// no better.
+// While reads fill even the packet-sized buffer, data is queued and the
+// copy reads with a bigger one: once 96 KiB of a channel's window are
+// outstanding, x/crypto answers every Read with a window adjust (a packet
+// and a write to the peer), so reading what has queued in one go instead
+// of packet by packet cut the gateway's CPU per GiB relayed by about a
+// tenth in the bench (gateway/bench; 512 KiB did no better than 128). The
+// big buffer goes back to its pool after any read it did not fill: the
+// next read may block for as long as the session idles.
 const (
-	idleCopyBuf = 256
-	burstSize   = 1 << 10
-	bulkCopyBuf = 128 << 10
+	idleCopyBuf   = 256
+	burstSize     = 1 << 10
+	packetCopyBuf = 32 << 10 // x/crypto's largest channel data packet
+	bulkCopyBuf   = 128 << 10
 )
 
-var bulkBufs = sync.Pool{New: func() any { b := make([]byte, bulkCopyBuf); return &b }}
+var (
+	packetBufs = sync.Pool{New: func() any { b := make([]byte, packetCopyBuf); return &b }}
+	bulkBufs   = sync.Pool{New: func() any { b := make([]byte, bulkCopyBuf); return &b }}
+)
 
 // copyData copies src to dst until src ends or a write fails.
 func copyData(dst io.Writer, src io.Reader) {
@@ -234,24 +242,29 @@ func copyData(dst io.Writer, src io.Reader) {
 	}
 }
 
-// copyBulk copies with a pooled bulk buffer while reads return more
-// than burstSize. It reports whether copying may go on.
+// copyBulk copies with pooled buffers while reads return more than
+// burstSize: packet-sized ones, and bulk ones while reads fill them. It
+// reports whether copying may go on.
 func copyBulk(dst io.Writer, src io.Reader) bool {
-	bp := bulkBufs.Get().(*[]byte)
-	defer bulkBufs.Put(bp)
-	buf := *bp
+	pool := &packetBufs
 	for {
-		n, err := src.Read(buf)
+		bp := pool.Get().(*[]byte)
+		n, err := src.Read(*bp)
+		var werr error
 		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return false
-			}
+			_, werr = dst.Write((*bp)[:n])
 		}
-		if err != nil {
+		full := n == len(*bp)
+		pool.Put(bp)
+		switch {
+		case werr != nil || err != nil:
 			return false
-		}
-		if n <= burstSize {
+		case n <= burstSize:
 			return true
+		case full:
+			pool = &bulkBufs
+		default:
+			pool = &packetBufs
 		}
 	}
 }
