@@ -139,18 +139,38 @@ func (c *VPSCreateCmd) request() (api.CreateVPSRequest, error) {
 // failed cleans up after a create that did not succeed and explains it.
 func (c *VPSCreateCmd) failed(ctx context.Context, env *Env, plan keyPlan, err error) error {
 	if plan.GenPath != "" {
-		if ctx.Err() != nil {
-			// The host goes on creating the VPS after we give up, so the
-			// key may still be needed.
-			fmt.Fprintf(env.Stderr, "kohakuriver: interrupted: the host may still create the VPS (see `kohakuriver vps list`); its private key stays at %s\n", plan.GenPath)
-		} else {
+		if hostRefused(err) {
 			removeKeyPair(plan.GenPath)
+		} else {
+			// The host creates with its own context and goes on after the
+			// connection breaks, a proxy times out or its answer is
+			// unreadable: the VPS may trust the new key, so keep it.
+			why := "the create did not finish cleanly"
+			if ctx.Err() != nil {
+				why = "interrupted"
+			}
+			ref := "<task_id>"
+			if c.Name != "" {
+				ref = c.Name
+			}
+			fmt.Fprintf(env.Stderr, "kohakuriver: %s: the host may still have created the VPS, so the new private key stays at %s (public key %s.pub).\n"+
+				"  Check with `kohakuriver vps list` or `kohakuriver vps status %s`; if it exists, log in with `kohakuriver ssh %s --key %s`, otherwise delete the key pair.\n",
+				why, plan.GenPath, plan.GenPath, ref, ref, shellQuote(plan.GenPath))
 		}
 	}
 	if s := api.StatusOf(err); s == http.StatusBadGateway || s == http.StatusGatewayTimeout {
 		return fmt.Errorf("%w\n  the failed VPS stays listed so you can see why: `kohakuriver vps list`; remove it with `kohakuriver vps delete <task_id>`", err)
 	}
 	return fmt.Errorf("create VPS: %w", err)
+}
+
+// hostRefused reports whether err is the host API clearly refusing the
+// create (an HTTP 4xx answer): only then can no VPS trust a generated key.
+// Anything else (no answer, 5xx from the host or a proxy, an unreadable
+// answer, a bad record) leaves the VPS possibly created.
+func hostRefused(err error) bool {
+	s := api.StatusOf(err)
+	return s >= 400 && s < 500
 }
 
 // connectCommands are the command lines that log in to v: kohakuriver ssh,

@@ -195,21 +195,119 @@ func TestCreateKeyModes(t *testing.T) {
 	}
 }
 
-func TestCreateFailureRemovesGeneratedKey(t *testing.T) {
+// TestCreateRefusalRemovesGeneratedKey: a 4xx answer means the host
+// created nothing, so the new key pair is deleted.
+func TestCreateRefusalRemovesGeneratedKey(t *testing.T) {
 	t.Parallel()
-	for _, status := range []int{http.StatusServiceUnavailable, http.StatusBadGateway} {
-		f := createAPI(t, status)
-		u := newUser(t)
-		u.saveAuth("tok", f.port(), 8002)
-		r := u.run("vps", "create", "--gen-ssh-key")
-		if r.code != 1 || !strings.Contains(r.stderr, "could not create the VPS: boom") {
-			t.Fatal(r)
+	for _, status := range []int{http.StatusBadRequest, http.StatusForbidden, http.StatusConflict} {
+		for _, outFile := range []bool{false, true} {
+			t.Run(itoa(status)+map[bool]string{false: "", true: " key-out-file"}[outFile], func(t *testing.T) {
+				f := createAPI(t, status)
+				u := newUser(t)
+				u.saveAuth("tok", f.port(), 8002)
+				args := []string{"vps", "create", "--gen-ssh-key"}
+				out := filepath.Join(u.home, "keys", "web")
+				if outFile {
+					args = append(args, "--key-out-file", out)
+				}
+				r := u.run(args...)
+				if r.code != 1 || !strings.Contains(r.stderr, "could not create the VPS: boom") {
+					t.Fatal(r)
+				}
+				if len(f.calls()) == 0 {
+					t.Fatal("no create request sent")
+				}
+				if k := kohakuriverKeys(t, u); len(k) != 0 {
+					t.Fatalf("key files left after a refused create: %v", k)
+				}
+				for _, p := range []string{out, out + ".pub"} {
+					if _, err := os.Stat(p); !os.IsNotExist(err) {
+						t.Fatalf("%s left after a refused create (stat: %v)", p, err)
+					}
+				}
+				if strings.Contains(r.stderr, "stays at") {
+					t.Errorf("claims the key was kept: %s", r)
+				}
+			})
 		}
-		if status == http.StatusBadGateway && !strings.Contains(r.stderr, "kohakuriver vps delete") {
-			t.Errorf("no hint about the failed record: %s", r)
+	}
+}
+
+// TestCreateUnclearFailureKeepsGeneratedKey: the host goes on creating
+// after the CLI stops listening, so unless it clearly refused, the VPS may
+// trust the new key: it must stay, and stderr must say where and how to
+// check.
+func TestCreateUnclearFailureKeepsGeneratedKey(t *testing.T) {
+	t.Parallel()
+	fail := func(status int) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			writeAPIError(w, status, "node n1 could not create the VPS: boom")
 		}
-		if k := kohakuriverKeys(t, u); len(k) != 0 {
-			t.Fatalf("key files left after a failed create: %v", k)
+	}
+	for _, tc := range []struct {
+		name    string
+		h       http.HandlerFunc
+		wantErr string
+	}{
+		{"502", fail(http.StatusBadGateway), "kohakuriver vps delete"},
+		{"503", fail(http.StatusServiceUnavailable), "boom"},
+		{"504 from a proxy", func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusGatewayTimeout)
+			_, _ = w.Write([]byte("<html>504 Gateway Time-out</html>"))
+		}, "HTTP 504"},
+		{"connection dropped", func(w http.ResponseWriter, r *http.Request) {
+			conn, _, err := w.(http.Hijacker).Hijack()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			conn.Close()
+		}, "cannot reach the host API"},
+		{"undecodable answer", func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusCreated)
+			_, _ = w.Write([]byte(`{"task_id": `))
+		}, "decode answer"},
+		{"invalid record", func(w http.ResponseWriter, r *http.Request) {
+			writeJSON(w, http.StatusCreated, store.VPS{TaskID: "../x", Status: store.StatusRunning})
+		}, "invalid task id"},
+	} {
+		for _, outFile := range []bool{false, true} {
+			name := tc.name
+			if outFile {
+				name += " key-out-file"
+			}
+			t.Run(name, func(t *testing.T) {
+				f := newFakeAPI(t, tc.h)
+				u := newUser(t)
+				u.saveAuth("tok", f.port(), 8002)
+				args := []string{"vps", "create", "--gen-ssh-key", "--name", "web"}
+				if outFile {
+					args = append(args, "--key-out-file", "~/keys/web")
+				}
+				r := u.run(args...)
+				if r.code != 1 || !strings.Contains(r.stderr, tc.wantErr) {
+					t.Fatalf("want %q: %s", tc.wantErr, r)
+				}
+				key := filepath.Join(u.home, "keys", "web")
+				if !outFile {
+					m, _ := filepath.Glob(filepath.Join(u.home, ".ssh", "kohakuriver_new_*"))
+					if len(m) != 2 {
+						t.Fatalf("want the generated pair kept, found %v", m)
+					}
+					key = strings.TrimSuffix(m[0], ".pub")
+				}
+				for _, p := range []string{key, key + ".pub"} {
+					if _, err := os.Stat(p); err != nil {
+						t.Fatalf("generated key deleted: %v\n%s", err, r)
+					}
+				}
+				for _, want := range []string{"private key stays at " + key, "kohakuriver vps list", "kohakuriver vps status web",
+					"kohakuriver ssh web --key " + key} {
+					if !strings.Contains(r.stderr, want) {
+						t.Errorf("stderr lacks %q: %s", want, r)
+					}
+				}
+			})
 		}
 	}
 }
