@@ -7,7 +7,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,7 +29,9 @@ type Config struct {
 	// (default ":8001").
 	ListenAddr string
 	// AdvertiseAddr is the host:port the host and gateway dial; default
-	// the listener's address.
+	// the listener's address. A wildcard listener needs it unless HostURL
+	// is loopback (then the loopback address is advertised); see
+	// advertiseAddr.
 	AdvertiseAddr string
 	// HostURL is the host API's base URL (http://host:8000). Required.
 	HostURL string
@@ -115,13 +120,83 @@ func (a *Agent) Listen() error {
 	if err != nil {
 		return fmt.Errorf("agent: listen on %s: %w", a.cfg.ListenAddr, err)
 	}
+	adv, err := advertiseAddr(a.cfg.AdvertiseAddr, a.cfg.HostURL, ln.Addr())
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("agent: %w", err)
+	}
 	a.mu.Lock()
 	a.ln = ln
-	if a.cfg.AdvertiseAddr == "" {
-		a.cfg.AdvertiseAddr = ln.Addr().String()
-	}
+	a.cfg.AdvertiseAddr = adv
 	a.mu.Unlock()
 	return nil
+}
+
+// advertiseAddr is the address the agent reports to the host, which the
+// host and gateway dial: configured (--advertise) when set, else the
+// listener's address. An address the host would resolve to its own
+// machine is refused unless the host is on this machine too: a wildcard
+// listener (":8001", "0.0.0.0", "::") with no --advertise, or a loopback
+// address while the host URL is not loopback. When the host URL is
+// loopback (single-machine setups such as kohakuriver up) a wildcard
+// listener is advertised as the loopback address with its port.
+func advertiseAddr(configured, hostURL string, listen net.Addr) (string, error) {
+	hostIP, hostLoopback := loopbackHost(hostURL)
+	if configured != "" {
+		h, _, err := net.SplitHostPort(configured)
+		if err != nil {
+			return "", fmt.Errorf("advertise address %q: want host:port (--advertise or KOHAKURIVER_AGENT_ADVERTISE): %w", configured, err)
+		}
+		if ip := net.ParseIP(h); ip != nil && ip.IsUnspecified() {
+			return "", fmt.Errorf("advertise address %q is not an address the host can dial: "+
+				"set --advertise (or KOHAKURIVER_AGENT_ADVERTISE) to this node's host:port as the host reaches it, e.g. --advertise 10.0.0.5:8001", configured)
+		}
+		if isLoopbackHost(h) && !hostLoopback {
+			return "", fmt.Errorf("advertise address %q is a loopback address but the host (%s) is on another machine, which would dial itself: "+
+				"set --advertise (or KOHAKURIVER_AGENT_ADVERTISE) to this node's host:port as the host reaches it, e.g. --advertise 10.0.0.5:8001", configured, hostURL)
+		}
+		return configured, nil
+	}
+	tcp, ok := listen.(*net.TCPAddr)
+	if !ok {
+		return listen.String(), nil
+	}
+	switch {
+	case tcp.IP == nil || tcp.IP.IsUnspecified():
+		if !hostLoopback {
+			return "", fmt.Errorf("listening on %s (every interface) with no advertise address: the host (%s) would dial its own machine; "+
+				"set --advertise (or KOHAKURIVER_AGENT_ADVERTISE) to this node's host:port as the host reaches it, e.g. --advertise 10.0.0.5:%d", listen, hostURL, tcp.Port)
+		}
+		ip := net.IPv4(127, 0, 0, 1)
+		if tcp.IP.To4() == nil && hostIP != nil && hostIP.To4() == nil {
+			ip = net.IPv6loopback // an IPv6 wildcard and a host URL on ::1
+		}
+		return net.JoinHostPort(ip.String(), strconv.Itoa(tcp.Port)), nil
+	case tcp.IP.IsLoopback() && !hostLoopback:
+		return "", fmt.Errorf("listening on the loopback address %s with no advertise address, but the host (%s) is on another machine and cannot reach it; "+
+			"listen on a reachable address and set --advertise (or KOHAKURIVER_AGENT_ADVERTISE) to this node's host:port as the host reaches it", listen, hostURL)
+	}
+	return listen.String(), nil
+}
+
+// loopbackHost reports whether rawURL's host is a loopback address
+// ("localhost" or a loopback IP literal; names are not resolved) and
+// returns the IP when it is a literal.
+func loopbackHost(rawURL string) (net.IP, bool) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, false
+	}
+	h := u.Hostname()
+	return net.ParseIP(h), isLoopbackHost(h)
+}
+
+func isLoopbackHost(h string) bool {
+	if ip := net.ParseIP(h); ip != nil {
+		return ip.IsLoopback()
+	}
+	h = strings.TrimSuffix(strings.ToLower(h), ".")
+	return h == "localhost" || strings.HasSuffix(h, ".localhost")
 }
 
 // Addr is the listener's address (after Listen).

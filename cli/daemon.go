@@ -157,7 +157,7 @@ func (c *HostCmd) Run() error {
 type AgentFlags struct {
 	Name             string `name:"name" env:"KOHAKURIVER_NODE_NAME" help:"Node name (default: this machine's host name)."`
 	Listen           string `name:"listen" default:":8001" env:"KOHAKURIVER_AGENT_ADDR" help:"Agent listen address (relay and control API)."`
-	Advertise        string `name:"advertise" env:"KOHAKURIVER_AGENT_ADVERTISE" help:"host:port the host uses to reach this agent (default: the listen address)."`
+	Advertise        string `name:"advertise" env:"KOHAKURIVER_AGENT_ADVERTISE" help:"host:port the host uses to reach this agent (default: the listen address; needed when listening on every interface, unless the host URL is loopback)."`
 	HostURL          string `name:"host-url" default:"http://127.0.0.1:8000" env:"KOHAKURIVER_HOST_URL" help:"The host API's base URL."`
 	ClusterToken     string `name:"cluster-token" env:"KOHAKURIVER_CLUSTER_TOKEN" help:"Cluster token (prefer --cluster-token-file)."`
 	ClusterTokenFile string `name:"cluster-token-file" default:".kohakuriver/cluster.token" help:"File holding the cluster token (written by the host)."`
