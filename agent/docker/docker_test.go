@@ -11,7 +11,12 @@ import (
 	"crypto/rand"
 	"encoding/pem"
 	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -380,4 +385,149 @@ func TestCreateErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestBrokenHostKeys breaks a VPS's host keys from inside, as its root
+// could, and checks that this costs the VPS only its unusable keys, with one
+// warning per start, while List keeps reporting every VPS of the node.
+func TestBrokenHostKeys(t *testing.T) {
+	t.Parallel()
+	var logs syncBuffer
+	node := testNode() + "-hostkeys" // List sees only this test's VPSes
+	rt := newTestRuntime(t, node, func(o *Options) {
+		o.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(t.Output(), &logs), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	ctx := t.Context()
+	key, line := newSigner(t)
+	good := createVPS(t, rt, Spec{TaskID: testTaskID("hostkeys-good")})
+	badID := testTaskID("hostkeys-bad")
+	createVPS(t, rt, Spec{TaskID: badID, AuthorizedKeys: []string{line}})
+
+	ec, ecLine := testHostKey(t, "ecdsa", "")
+	extra, extraLine := testHostKey(t, "ed25519", "")
+	locked, _ := testHostKey(t, "ed25519", "secret")
+	// Garbage, a file too big, a symlink, a directory, a missing file and
+	// a passphrase, each named hundreds of times; one valid ecdsa key; and
+	// a valid key past the bound on paths (sshd loads it, through the
+	// symlink too, so sshd still starts).
+	var dropIn strings.Builder
+	for range 250 {
+		for _, k := range []string{"ssh_host_ed25519_key", "big_key", "link_key", "dir_key", "missing_key", "locked_key", "ssh_host_ecdsa_key"} {
+			fmt.Fprintf(&dropIn, "HostKey /etc/ssh/%s\n", k)
+		}
+	}
+	dropIn.WriteString("HostKey /etc/ssh/empty_key\nHostKey /etc/ssh/extra_key\n")
+	if dropIn.Len() > hostKeyMaxSize {
+		t.Fatalf("drop-in of %d bytes would not be read at all", dropIn.Len())
+	}
+	c, err := rt.inspect(ctx, badID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rt.copyTo(ctx, c.ID, hostKeyDir, []tarEntry{
+		{name: "ssh_host_ed25519_key", mode: 0o600, body: []byte(garbageKey)},
+		{name: "big_key", mode: 0o600, body: bytes.Repeat([]byte("A"), hostKeyMaxSize+1)},
+		{name: "locked_key", mode: 0o600, body: locked},
+		{name: "ssh_host_ecdsa_key", mode: 0o600, body: ec},
+		{name: "empty_key", mode: 0o600},
+		{name: "extra_key", mode: 0o600, body: extra},
+		{name: hostKeyDropIn, mode: 0o644, body: []byte(dropIn.String())},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	execOut(t, rt, badID, "sh", "-c", "cd /etc/ssh && ln -s extra_key link_key && mkdir -m 700 dir_key")
+
+	// A new start: the cached keys no longer apply.
+	restarted, err := rt.Restart(ctx, badID)
+	if err != nil {
+		t.Fatalf("Restart of the VPS with broken host keys: %v", err)
+	}
+	if restarted.State != StateRunning || !slices.Equal(restarted.HostKeys, []string{ecLine}) {
+		t.Errorf("Restart: state %s, host keys %q; want running, [%s]", restarted.State, restarted.HostKeys, ecLine)
+	}
+	for i := range 2 { // two heartbeats
+		list, err := rt.List(ctx)
+		if err != nil {
+			t.Fatalf("List %d: %v", i+1, err)
+		}
+		byTask := map[string]Info{}
+		for _, in := range list {
+			byTask[in.TaskID] = in
+		}
+		if in := byTask[good.TaskID]; in.State != StateRunning || in.SSHAddr != good.SSHAddr || !slices.Equal(in.HostKeys, good.HostKeys) {
+			t.Errorf("List %d, healthy VPS: %+v, want as created: %+v", i+1, in, good)
+		}
+		if in := byTask[badID]; in.State != StateRunning || in.SSHAddr != restarted.SSHAddr || !slices.Equal(in.HostKeys, []string{ecLine}) {
+			t.Errorf("List %d, broken VPS: %+v, want running at %s with [%s]", i+1, in, restarted.SSHAddr, ecLine)
+		}
+	}
+	// The reported key is one the VPS's sshd serves.
+	if _, err := dialSSH(t, restarted.SSHAddr, "root", key, ecLine); err != nil {
+		t.Errorf("ssh with the reported ecdsa host key: %v", err)
+	}
+
+	warnings := func() []string {
+		var out []string
+		for l := range strings.Lines(logs.String()) {
+			if strings.Contains(l, "level=WARN") && strings.Contains(l, "task_id="+badID) {
+				out = append(out, l)
+			}
+		}
+		return out
+	}
+	w := warnings()
+	if len(w) != 1 {
+		t.Fatalf("%d warnings for %s after a restart and two Lists, want 1: %q", len(w), badID, w)
+	}
+	for _, want := range []string{"/etc/ssh/ssh_host_ed25519_key: not a private key", "/etc/ssh/locked_key: passphrase protected", "big_key", "link_key", "dir_key", "names more than 8"} {
+		if !strings.Contains(w[0], want) {
+			t.Errorf("warning does not mention %q: %s", want, w[0])
+		}
+	}
+	all := logs.String()
+	for _, secret := range []string{"SECRETMARKER", "PRIVATE KEY", strings.Fields(ecLine)[1], strings.Fields(extraLine)[1]} {
+		if strings.Contains(all, secret) {
+			t.Errorf("the log contains key material %.20q", secret)
+		}
+	}
+
+	// A read the context cut short is not cached: the next one reads again.
+	c, err = rt.inspect(ctx, badID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt.keys.forget(c.ID)
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	if keys, err := rt.hostKeysOf(cancelled, badID, c); err == nil {
+		t.Errorf("read with a cancelled context = %q, want an error", keys)
+	}
+	if keys, ok := rt.keys.get(c.ID, c.State.StartedAt); ok {
+		t.Errorf("cut-short read cached: %q", keys)
+	}
+	in, err := rt.Inspect(ctx, badID)
+	if err != nil || !slices.Equal(in.HostKeys, []string{ecLine}) {
+		t.Errorf("Inspect after the cut-short read: %q, %v", in.HostKeys, err)
+	}
+	if n := len(warnings()); n != 2 {
+		t.Errorf("%d warnings after reading again, want 2", n)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -184,9 +184,9 @@ func TestPrepareHostKeys(t *testing.T) {
 
 func TestHostKeyPaths(t *testing.T) {
 	conf := "# c\nHostKey /etc/ssh/ssh_host_ed25519_key\nhostkey /etc/ssh/../ssh/k2\nHostKey relative\nHostKey\n"
-	got := strings.Join(hostKeyPaths([]byte(conf)), ",")
-	if want := "/etc/ssh/ssh_host_ed25519_key,/etc/ssh/k2"; got != want {
-		t.Fatalf("got %s, want %s", got, want)
+	got, more := hostKeyPaths([]byte(conf), maxHostKeyPaths)
+	if want := "/etc/ssh/ssh_host_ed25519_key,/etc/ssh/k2"; strings.Join(got, ",") != want || more {
+		t.Fatalf("got %s, %v; want %s, false", strings.Join(got, ","), more, want)
 	}
 }
 

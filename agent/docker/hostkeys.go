@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"path"
 	"slices"
@@ -16,6 +17,7 @@ import (
 	"sync"
 
 	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/client"
 	gossh "golang.org/x/crypto/ssh"
 )
 
@@ -120,54 +122,129 @@ func (rt *Runtime) installHostKeys(ctx context.Context, id string, keys []hostKe
 	return nil
 }
 
+// Bounds on reading and reporting one VPS's host keys. The VPS's root
+// controls the drop-in and the key files, and every heartbeat carries every
+// VPS's keys in one body the host caps at 1 MiB (clusterauth.MaxBodySize):
+// a drop-in naming thousands of paths must cost neither thousands of
+// archive copies per start nor the other VPSes their place in the
+// heartbeat. sshd loads one key per type, so real setups stay well within.
+const (
+	maxHostKeyPaths = 8       // distinct HostKey paths read
+	maxHostKeyBytes = 8 << 10 // total length of the authorized_keys lines reported
+)
+
 // readHostKeys returns the public halves of the host keys sshd loads in
 // container id, derived from the private keys (a .pub file could be
 // stale): the drop-in's HostKey paths, or the default paths without it.
-// Missing keys are skipped.
-func (rt *Runtime) readHostKeys(ctx context.Context, id string) ([]string, error) {
+//
+// It is best effort, because the VPS's root owns these files and one VPS
+// must not fail the node's report: a key that is missing, not a regular
+// file, too big or not a usable private key is skipped, and problems says
+// for the log what was skipped and why (paths and reasons, never key
+// material). err is set only when ctx ended or the engine did not answer,
+// which cut the read short for reasons that are not the VPS's.
+func (rt *Runtime) readHostKeys(ctx context.Context, id string) (keys, problems []string, err error) {
+	return collectHostKeys(ctx, func(p string) ([]byte, error) {
+		return rt.readFile(ctx, id, p, hostKeyMaxSize)
+	})
+}
+
+// collectHostKeys is readHostKeys, with read returning one file of the
+// container (an error matching cerrdefs.IsNotFound when it is missing).
+func collectHostKeys(ctx context.Context, read func(p string) ([]byte, error)) (keys, problems []string, err error) {
+	cutShort := func(err error) bool { return ctx.Err() != nil || client.IsErrConnectionFailed(err) }
+	dropIn := path.Join(hostKeyDir, hostKeyDropIn)
 	var paths []string
-	conf, err := rt.readFile(ctx, id, path.Join(hostKeyDir, hostKeyDropIn), hostKeyMaxSize)
+	conf, err := read(dropIn)
 	switch {
 	case err == nil:
-		paths = hostKeyPaths(conf)
+		var more bool
+		paths, more = hostKeyPaths(conf, maxHostKeyPaths)
+		if more {
+			problems = append(problems, fmt.Sprintf("%s names more than %d host keys, read the first %d", dropIn, maxHostKeyPaths, maxHostKeyPaths))
+		}
+	case cutShort(err):
+		return nil, nil, err
 	case !cerrdefs.IsNotFound(err):
-		return nil, err
+		problems = append(problems, fmt.Sprintf("%v, read the default paths", err))
 	}
 	if len(paths) == 0 {
 		for _, t := range hostKeyTypes {
 			paths = append(paths, path.Join(hostKeyDir, "ssh_host_"+t+"_key"))
 		}
 	}
-	var keys []string
+	var lines hostKeyLines
 	for _, p := range paths {
-		data, err := rt.readFile(ctx, id, p, hostKeyMaxSize)
+		data, err := read(p)
 		if cerrdefs.IsNotFound(err) {
 			continue
 		}
-		if err != nil {
-			return keys, err
+		if err != nil && cutShort(err) {
+			return nil, nil, err
 		}
-		signer, err := gossh.ParsePrivateKey(data)
-		if err != nil {
-			return keys, fmt.Errorf("host key %s: %w", p, err)
+		if err == nil {
+			err = lines.add(data)
 		}
-		keys = append(keys, authorizedKey(signer.PublicKey()))
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("skipped host key %s: %v", p, err))
+		}
 	}
-	return keys, nil
+	if len(lines.keys) == 0 && len(problems) == 0 {
+		problems = append(problems, "no host key found")
+	}
+	return lines.keys, problems, nil
 }
 
-// hostKeyPaths returns the absolute paths of the HostKey lines in an sshd
-// config snippet.
-func hostKeyPaths(conf []byte) []string {
-	var paths []string
+// hostKeyLines collects the authorized_keys lines to report.
+type hostKeyLines struct {
+	keys []string
+	size int
+}
+
+// add adds the public half of a private key file, once, unless that would
+// take the total past maxHostKeyBytes. Its errors are fixed texts: the
+// file's content, whatever its root put there, never reaches the log.
+func (h *hostKeyLines) add(data []byte) error {
+	signer, err := gossh.ParsePrivateKey(data)
+	var missing *gossh.PassphraseMissingError
+	switch {
+	case errors.As(err, &missing):
+		return errors.New("passphrase protected")
+	case err != nil:
+		return errors.New("not a private key")
+	}
+	line := authorizedKey(signer.PublicKey())
+	if slices.Contains(h.keys, line) {
+		return nil
+	}
+	if h.size+len(line) > maxHostKeyBytes {
+		return fmt.Errorf("the keys before it fill the %d bytes reported per VPS", maxHostKeyBytes)
+	}
+	h.keys = append(h.keys, line)
+	h.size += len(line)
+	return nil
+}
+
+// hostKeyPaths returns the distinct absolute paths of the HostKey lines in
+// an sshd config snippet, the first limit of them, and whether it names
+// more.
+func hostKeyPaths(conf []byte, limit int) (paths []string, more bool) {
 	sc := bufio.NewScanner(bytes.NewReader(conf))
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
-		if len(f) == 2 && strings.EqualFold(f[0], "HostKey") && path.IsAbs(f[1]) {
-			paths = append(paths, path.Clean(f[1]))
+		if len(f) != 2 || !strings.EqualFold(f[0], "HostKey") || !path.IsAbs(f[1]) {
+			continue
+		}
+		p := path.Clean(f[1])
+		switch {
+		case slices.Contains(paths, p):
+		case len(paths) == limit:
+			return paths, true
+		default:
+			paths = append(paths, p)
 		}
 	}
-	return paths
+	return paths, false
 }
 
 // hostKeyCache holds each container's host keys for the start they were read

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -92,7 +93,8 @@ type Info struct {
 	// container restarts.
 	SSHAddr string
 	// HostKeys are the sshd's public host keys in authorized_keys format
-	// ("ssh-ed25519 AAAA..."), ed25519 first.
+	// ("ssh-ed25519 AAAA..."), ed25519 first. Keys the VPS's root made
+	// unusable are left out (see hostKeysOf), so it may be empty.
 	HostKeys []string
 	// Labels are all of the container's labels.
 	Labels map[string]string
@@ -217,7 +219,7 @@ func (rt *Runtime) info(ctx context.Context, taskID string, c container.InspectR
 	if addr, err := rt.sshAddrOf(ctx, c); err == nil {
 		in.SSHAddr = addr
 	}
-	keys, err := rt.hostKeysOf(ctx, c)
+	keys, err := rt.hostKeysOf(ctx, taskID, c)
 	if err != nil {
 		return Info{}, fmt.Errorf("task %s: read host keys: %w", taskID, err)
 	}
@@ -232,7 +234,12 @@ func (rt *Runtime) info(ctx context.Context, taskID string, c container.InspectR
 // keys when it starts, and the gateway keeps the keys pinned at creation
 // anyway, so a key replaced inside a running VPS is reported after its
 // next start.
-func (rt *Runtime) hostKeysOf(ctx context.Context, c container.InspectResponse) ([]string, error) {
+//
+// Keys the VPS's root broke are left out, with one warning per start: a
+// read fails only when ctx ended or the engine did not answer, and is then
+// not cached, so the next call reads again. (The gateway keeps the pinned
+// keys when a VPS reports none.)
+func (rt *Runtime) hostKeysOf(ctx context.Context, taskID string, c container.InspectResponse) ([]string, error) {
 	started := ""
 	if c.State != nil {
 		started = c.State.StartedAt
@@ -240,9 +247,13 @@ func (rt *Runtime) hostKeysOf(ctx context.Context, c container.InspectResponse) 
 	if keys, ok := rt.keys.get(c.ID, started); ok {
 		return keys, nil
 	}
-	keys, err := rt.readHostKeys(ctx, c.ID)
+	keys, problems, err := rt.readHostKeys(ctx, c.ID)
 	if err != nil {
 		return nil, err
+	}
+	if len(problems) > 0 {
+		rt.log.Warn("vps host keys incomplete, reporting the readable ones",
+			"task_id", taskID, "keys", len(keys), "problems", strings.Join(problems, "; "))
 	}
 	rt.keys.put(c.ID, started, keys)
 	return slices.Clone(keys), nil
