@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"sort"
+	"time"
 
 	"github.com/moby/moby/api/types/container"
 )
@@ -17,14 +18,19 @@ import (
 // byte; dialing the container's own address on its Docker network does
 // not. The published port stays as the fallback for engines whose
 // container networks the node cannot reach (rootless Docker, Docker
-// Desktop), which the runtime learns once, from the first container that
-// answers on its published port but not on its own address.
+// Desktop). The runtime learns which from the first container whose sshd
+// answers on its published port but, probed before and after that, not on
+// its own address; a "no" is checked again after reachRecheck.
 
-// Reachability of container addresses from the agent, learnt once.
+// Reachability of container addresses from the agent, learnt once. A "no"
+// is probed again after reachRecheck: it costs every relay a docker-proxy,
+// and a VPS whose sshd was slow to a probe must not lock the node into it.
 const (
 	reachUnknown int32 = iota
 	reachYes
 	reachNo
+
+	reachRecheck = 10 * time.Minute
 )
 
 // sshAddrOf returns where to dial the running container's sshd: its
@@ -43,20 +49,41 @@ func (rt *Runtime) sshAddrOf(ctx context.Context, c container.InspectResponse) (
 	case reachYes:
 		return own, nil
 	case reachNo:
-		return published, nil
-	}
-	if readBanner(ctx, own) == nil {
-		if rt.networkReach.CompareAndSwap(reachUnknown, reachYes) {
-			rt.log.Info("relaying to VPS sshds on their container addresses (no userland proxy)", "example", own)
+		if time.Since(time.Unix(0, rt.reachNoAt.Load())) < reachRecheck {
+			return published, nil
 		}
+		rt.networkReach.CompareAndSwap(reachNo, reachUnknown)
+	}
+	probe := rt.probe
+	if probe == nil {
+		probe = readBanner
+	}
+	if probe(ctx, own) == nil {
+		rt.reachable(own)
 		return own, nil
 	}
-	// Decide only when the published port answers: an sshd that is not
-	// up yet answers on neither.
-	if readBanner(ctx, published) == nil && rt.networkReach.CompareAndSwap(reachUnknown, reachNo) {
+	// Decide only when the published port answers (an sshd that is not
+	// up yet answers on neither), and only if the own address still does
+	// not answer after that (the sshd may have come up in between).
+	if probe(ctx, published) != nil {
+		return published, nil
+	}
+	if probe(ctx, own) == nil {
+		rt.reachable(own)
+		return own, nil
+	}
+	if rt.networkReach.CompareAndSwap(reachUnknown, reachNo) {
+		rt.reachNoAt.Store(time.Now().UnixNano())
 		rt.log.Warn("container addresses are not reachable from this node; relaying through published ports", "tried", own, "published", published)
 	}
 	return published, nil
+}
+
+// reachable records that container addresses answer.
+func (rt *Runtime) reachable(example string) {
+	if rt.networkReach.CompareAndSwap(reachUnknown, reachYes) {
+		rt.log.Info("relaying to VPS sshds on their container addresses (no userland proxy)", "example", example)
+	}
 }
 
 // networkSSHAddr returns the container's sshd on its address in one of its

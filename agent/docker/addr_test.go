@@ -2,9 +2,11 @@ package docker
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/network"
@@ -40,7 +42,12 @@ func TestSSHAddrChoice(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rt := &Runtime{log: slog.New(slog.DiscardHandler)}
+			rt.probe = func(_ context.Context, addr string) error {
+				t.Errorf("probed %s: these decisions need no probe", addr)
+				return errors.New("no probe here")
+			}
 			rt.networkReach.Store(tt.reach)
+			rt.reachNoAt.Store(time.Now().UnixNano())
 			got, err := rt.sshAddrOf(context.Background(), tt.c)
 			if err != nil || got != tt.want {
 				t.Fatalf("sshAddrOf = %q, %v; want %q", got, err, tt.want)
@@ -53,5 +60,65 @@ func TestSSHAddrChoice(t *testing.T) {
 	rt.networkReach.Store(reachYes)
 	if _, err := rt.sshAddrOf(context.Background(), stopped); err == nil {
 		t.Fatal("an address for a stopped container")
+	}
+}
+
+// TestSSHAddrProbes: how probe answers decide where the relay dials, with
+// the probe replaced (no traffic leaves the test).
+func TestSSHAddrProbes(t *testing.T) {
+	c := container.InspectResponse{
+		Name:  "/kohakuriver-vps-x",
+		State: &container.State{Status: "running", Running: true},
+		NetworkSettings: &container.NetworkSettings{
+			Ports:    network.PortMap{sshPort: {{HostIP: loopback, HostPort: "32768"}}},
+			Networks: map[string]*network.EndpointSettings{"bridge": {IPAddress: netip.MustParseAddr("172.17.0.5")}},
+		},
+	}
+	const own, published = "172.17.0.5:22", "127.0.0.1:32768"
+	tests := []struct {
+		name      string
+		answers   map[string][]bool // per address, the answer of each probe in turn (then no)
+		want      string
+		wantReach int32
+	}{
+		{"own address answers", map[string][]bool{own: {true}}, own, reachYes},
+		{"sshd not up yet: undecided", map[string][]bool{}, published, reachUnknown},
+		{"sshd came up between the probes", map[string][]bool{own: {false, true}, published: {true}}, own, reachYes},
+		{"only the published port answers", map[string][]bool{published: {true}}, published, reachNo},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rt := &Runtime{log: slog.New(slog.DiscardHandler)}
+			rt.probe = func(_ context.Context, addr string) error {
+				a := tt.answers[addr]
+				if len(a) == 0 {
+					return errors.New("no answer")
+				}
+				ok := a[0]
+				tt.answers[addr] = a[1:]
+				if !ok {
+					return errors.New("no answer")
+				}
+				return nil
+			}
+			got, err := rt.sshAddrOf(context.Background(), c)
+			if err != nil || got != tt.want || rt.networkReach.Load() != tt.wantReach {
+				t.Fatalf("sshAddrOf = %q, %v, reach %d; want %q, reach %d", got, err, rt.networkReach.Load(), tt.want, tt.wantReach)
+			}
+		})
+	}
+
+	// A "no" holds for reachRecheck, then the own address is probed again.
+	rt := &Runtime{log: slog.New(slog.DiscardHandler)}
+	probes := 0
+	rt.probe = func(context.Context, string) error { probes++; return nil }
+	rt.networkReach.Store(reachNo)
+	rt.reachNoAt.Store(time.Now().UnixNano())
+	if got, _ := rt.sshAddrOf(context.Background(), c); got != published || probes != 0 {
+		t.Fatalf("fresh no: %q after %d probes, want %q without probing", got, probes, published)
+	}
+	rt.reachNoAt.Store(time.Now().Add(-reachRecheck - time.Second).UnixNano())
+	if got, _ := rt.sshAddrOf(context.Background(), c); got != own || rt.networkReach.Load() != reachYes {
+		t.Fatalf("stale no: %q, reach %d; want %q, reachable", got, rt.networkReach.Load(), own)
 	}
 }

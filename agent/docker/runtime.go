@@ -72,7 +72,9 @@ type Runtime struct {
 	readyTimeout time.Duration
 
 	keys         hostKeyCache
-	networkReach atomic.Int32 // reachUnknown, reachYes or reachNo: see addr.go
+	networkReach atomic.Int32                                 // reachUnknown, reachYes or reachNo: see addr.go
+	reachNoAt    atomic.Int64                                 // when reachNo was decided (Unix ns)
+	probe        func(ctx context.Context, addr string) error // readBanner; tests replace it
 }
 
 // State is Docker's state of a container: "created", "running", "paused",
