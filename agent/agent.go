@@ -94,7 +94,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle(relay.Pattern, a.relay)
-	mux.Handle("/v1/", control.NewHandler(verifier, cfg.Runtime, a.log))
+	mux.Handle("/v1/", control.NewHandler(verifier, cfg.Runtime, cfg.Name, a.log))
 	a.httpSrv = relay.NewHTTPServer(mux, a.log)
 	a.hostAPI = &api.AgentAPI{BaseURL: cfg.HostURL, ClusterToken: cfg.ClusterToken}
 	return a, nil

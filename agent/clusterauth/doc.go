@@ -52,8 +52,10 @@
 //     the token, and each keeps its own nonce cache, so a request captured on
 //     its way to one agent can be replayed to a different agent within the
 //     window. Requests that name a task are harmless there (the other agent
-//     does not run that VPS); requests that do not name one should be
-//     idempotent or carry the agent's name in the path or body.
+//     does not run that VPS), except a create, which therefore carries the
+//     node's name in its body (api.VPSSpec.Node) and is refused by any other
+//     agent; requests that do not name a task should be idempotent or carry
+//     the agent's name in the path or body too.
 //   - Headers other than Authorization are not signed. Do not base
 //     authorization decisions on them.
 //   - Nothing in this package logs or formats the token; callers must not

@@ -96,6 +96,7 @@ func vpsPath(taskID, suffix string) string {
 
 // CreateVPS implements api.NodeAgent.
 func (c *Client) CreateVPS(ctx context.Context, node store.Node, spec api.VPSSpec) (api.VPSState, error) {
+	spec.Node = node.Name
 	var st api.VPSState
 	err := c.do(ctx, node, http.MethodPost, "/v1/vps", spec, &st, 3*time.Minute)
 	return st, err

@@ -73,7 +73,7 @@ func newPair(t *testing.T, rt *fakeRuntime) (*Client, store.Node) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(NewHandler(v, rt, nil))
+	srv := httptest.NewServer(NewHandler(v, rt, "n1", nil))
 	t.Cleanup(srv.Close)
 	return NewClient(token), store.Node{Name: "n1", Address: strings.TrimPrefix(srv.URL, "http://")}
 }
@@ -150,4 +150,24 @@ func TestControlErrors(t *testing.T) {
 			t.Fatalf("err = %v, want 400", err)
 		}
 	})
+}
+
+// TestCreateForAnotherNodeRefused: a create addressed to another node (a
+// signed request replayed to this agent, or an address that now belongs
+// to another node) creates nothing here.
+func TestCreateForAnotherNodeRefused(t *testing.T) {
+	rt := &fakeRuntime{}
+	c, node := newPair(t, rt) // the agent is "n1"
+	other := node
+	other.Name = "n2"
+	_, err := c.CreateVPS(context.Background(), other, api.VPSSpec{TaskID: store.NewTaskID(), Image: "img", LoginUser: "root"})
+	if err == nil || !strings.Contains(err.Error(), `this create is for node "n2"; this agent is node "n1"`) {
+		t.Fatalf("create for n2 at n1: %v, want the refusal naming both", err)
+	}
+	if len(rt.created) != 0 {
+		t.Fatalf("the runtime created %d containers for another node", len(rt.created))
+	}
+	if _, err := c.CreateVPS(context.Background(), node, api.VPSSpec{TaskID: store.NewTaskID(), Image: "img", LoginUser: "root"}); err != nil {
+		t.Fatalf("create for n1 at n1: %v", err)
+	}
 }

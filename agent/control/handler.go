@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -49,12 +50,13 @@ type (
 	}
 )
 
-// NewHandler returns the agent's control API, authenticated with v.
-func NewHandler(v *clusterauth.Verifier, rt Runtime, logger *slog.Logger) http.Handler {
+// NewHandler returns the agent's control API for node (the agent's name),
+// authenticated with v.
+func NewHandler(v *clusterauth.Verifier, rt Runtime, node string, logger *slog.Logger) http.Handler {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	h := &handler{rt: rt, log: logger}
+	h := &handler{rt: rt, node: node, log: logger}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/vps", h.list)
 	mux.HandleFunc("POST /v1/vps", h.create)
@@ -68,8 +70,9 @@ func NewHandler(v *clusterauth.Verifier, rt Runtime, logger *slog.Logger) http.H
 }
 
 type handler struct {
-	rt  Runtime
-	log *slog.Logger
+	rt   Runtime
+	node string // this agent's name: creates for another are refused
+	log  *slog.Logger
 }
 
 // detached returns a context for a state-changing request that does not end
@@ -106,6 +109,12 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request) {
 	}
 	if !store.IsTaskID(spec.TaskID) {
 		writeJSON(w, http.StatusBadRequest, errorBody{"task id must be 19 digits"})
+		return
+	}
+	if spec.Node != h.node {
+		// See api.VPSSpec.Node: a replayed or misrouted create.
+		h.log.Warn("create for another node refused", "vps", spec.TaskID, "for_node", spec.Node)
+		writeJSON(w, http.StatusMisdirectedRequest, errorBody{fmt.Sprintf("this create is for node %q; this agent is node %q (check the node's --advertise address)", spec.Node, h.node)})
 		return
 	}
 	ctx, cancel := detached(r)

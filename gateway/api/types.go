@@ -10,6 +10,11 @@ import (
 
 // VPSSpec is what the host asks a node to create.
 type VPSSpec struct {
+	// Node names the agent the create is meant for; an agent refuses a
+	// create for another node. The body is signed (agent/clusterauth) but
+	// every agent shares the token, so without it a create captured on its
+	// way to one node could be replayed to another within the replay window.
+	Node      string `json:"node"`
 	TaskID    string `json:"task_id"`
 	Image     string `json:"image"`
 	LoginUser string `json:"login_user"`
