@@ -21,12 +21,14 @@ const (
 	tokenBytes = 32
 )
 
-// NewToken returns a new random cluster token: 32 bytes from crypto/rand,
-// base64url-encoded without padding (43 characters).
+// NewToken returns a new random cluster token: "krt_" and 32 bytes from
+// crypto/rand, base64url-encoded without padding (47 characters). The
+// prefix keeps a token from starting with "-" (one in 64 would), which
+// command lines would take for a flag.
 func NewToken() string {
 	b := make([]byte, tokenBytes)
 	_, _ = rand.Read(b) // crypto/rand.Read never returns an error (it crashes the program instead)
-	return base64.RawURLEncoding.EncodeToString(b)
+	return "krt_" + base64.RawURLEncoding.EncodeToString(b)
 }
 
 // Sign sets r's Authorization header to a signature of r made with token,

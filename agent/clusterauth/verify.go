@@ -18,7 +18,7 @@ const (
 	DefaultWindow    = 60 * time.Second
 	DefaultMaxNonces = 100_000
 	// MinTokenLen is the shortest token NewVerifier accepts. NewToken
-	// makes 43-character tokens.
+	// makes 47-character tokens.
 	MinTokenLen = 16
 	// maxHeaderLen bounds the Authorization value parsed: ours is ~150 bytes.
 	maxHeaderLen = 512

@@ -22,16 +22,22 @@ import (
 // AdminUser is the user EnsureAdmin creates.
 const AdminUser = "admin"
 
-// maxTokenLen bounds the bearer token we hash; ours are 43 characters.
+// maxTokenLen bounds the bearer token we hash; ours are 47 characters.
 const maxTokenLen = 512
 
-// NewToken returns a new random secret: 32 bytes from crypto/rand,
-// base64url without padding (43 characters). It serves as API token and
-// as cluster token.
+// tokenPrefix starts every token NewToken makes. Besides making a leaked
+// token recognisable, it keeps tokens from starting with "-": base64url
+// does one time in 64, and `kohakuriver login --token -x...` then fails
+// as an unknown flag.
+const tokenPrefix = "krt_"
+
+// NewToken returns a new random secret: tokenPrefix and 32 bytes from
+// crypto/rand, base64url without padding (47 characters). It serves as API
+// token and as cluster token.
 func NewToken() string {
 	var b [32]byte
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (it crashes the program instead)
-	return base64.RawURLEncoding.EncodeToString(b[:])
+	return tokenPrefix + base64.RawURLEncoding.EncodeToString(b[:])
 }
 
 // HashToken returns what store.User.TokenHash holds for token: hex SHA-256.

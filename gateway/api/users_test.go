@@ -15,7 +15,7 @@ func TestUsers(t *testing.T) {
 	admin := e.client("admin")
 
 	nu, err := admin.CreateUser(ctx, "carol", false)
-	if err != nil || nu.Name != "carol" || nu.Admin || len(nu.Token) != 43 {
+	if err != nil || nu.Name != "carol" || nu.Admin || len(nu.Token) != 47 || !strings.HasPrefix(nu.Token, "krt_") {
 		t.Fatalf("CreateUser = %+v, %v", nu, err)
 	}
 	u, err := e.st.User(ctx, "carol")
