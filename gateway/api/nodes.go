@@ -81,6 +81,13 @@ func (srv *Server) report(w http.ResponseWriter, r *http.Request, register bool)
 			return errorf(http.StatusNotFound, "node %s is not registered; register first", rep.Name)
 		}
 		wasOnline = n.Status == store.NodeOnline
+		if wasOnline && n.Address != rep.Address && now.Sub(n.LastHeartbeat) < srv.hbTimeout {
+			// Two agents with one name (a cloned machine keeps its
+			// hostname, the default name): the second must not take the
+			// first one's VPSs over, or fail them as missing.
+			return errorf(http.StatusConflict, "node %s is online at %s (last report %s ago) and this agent reports %s: give each agent its own --name; if the node moved, retry after %s",
+				rep.Name, n.Address, now.Sub(n.LastHeartbeat).Round(time.Second), rep.Address, srv.hbTimeout)
+		}
 		n.Address, n.Cores, n.MemoryMB = rep.Address, rep.Cores, rep.MemoryMB
 		n.Status, n.LastHeartbeat = store.NodeOnline, now
 		if register {
@@ -134,7 +141,9 @@ func decodeReport(r *http.Request) (AgentReport, error) {
 //   - lost and not reported: stays lost, with a message saying the
 //     container is gone;
 //   - pending and reported running: running (the report may beat the
-//     create or start call's answer, which then sets the same state).
+//     create or start call's answer, which then sets the same state);
+//   - pending since before this host started: see reconcileVPS;
+//   - failed as missing from the reports and reported running: running.
 //
 // Other records are left alone: the API's own calls set them, and a report
 // made before such a call must not undo it. Reported task ids the host does
@@ -167,7 +176,7 @@ func (srv *Server) reconcile(ctx context.Context, log *slog.Logger, rep AgentRep
 					return errNoChange
 				}
 				x.Status = store.StatusFailed
-				x.Message = fmt.Sprintf("node %s no longer has this VPS's container; delete the VPS and create it again", rep.Name)
+				x.Message = missingContainerMsg(rep.Name)
 				return nil
 			})
 			if err == nil {
@@ -175,11 +184,11 @@ func (srv *Server) reconcile(ctx context.Context, log *slog.Logger, rep AgentRep
 			}
 			continue
 		}
-		if v.Status != store.StatusLost && v.Status != store.StatusPending {
+		if v.Status != store.StatusLost && v.Status != store.StatusPending && v.Status != store.StatusFailed {
 			continue
 		}
 		_, err := srv.st.UpdateVPS(ctx, v.TaskID, func(x *store.VPS) error {
-			return reconcileVPS(x, st, ok, rep.Name, srv.started)
+			return reconcileVPS(x, st, ok, rep.Name, srv.started, srv.now())
 		})
 		switch {
 		case errors.Is(err, errNoChange), errors.Is(err, store.ErrNotFound):
@@ -194,19 +203,34 @@ func (srv *Server) reconcile(ctx context.Context, log *slog.Logger, rep AgentRep
 	}
 }
 
+// missingContainerMsg is the Message of a running VPS that its node's
+// reports stopped listing; the VPS comes back if its container does.
+func missingContainerMsg(node string) string {
+	return fmt.Sprintf("node %s no longer has this VPS's container; delete the VPS and create it again", node)
+}
+
 // reconcileVPS applies one report entry (reported says whether there was
 // one) to x, or returns errNoChange. It rechecks x's status: the record may
 // have changed since it was listed. A VPS pending since before this host
-// started (hostStart) whose node has no container for it was cut off by a
-// host crash mid-create: it fails with a message instead of staying pending.
-func reconcileVPS(x *store.VPS, st VPSState, reported bool, node string, hostStart time.Time) error {
+// started (hostStart) was cut off by a host restart mid-create or
+// mid-start, so nothing will finish it: with no container on its node it
+// fails, and with a container that is still not running createTimeout
+// after the record last changed it is stopped, so its owner can start it.
+// A VPS failed as missing from its node's reports comes back when its
+// container is reported running again.
+func reconcileVPS(x *store.VPS, st VPSState, reported bool, node string, hostStart, now time.Time) error {
+	cutOff := x.Status == store.StatusPending && x.UpdatedAt.Before(hostStart)
 	switch {
-	case x.Status == store.StatusPending && !reported && x.UpdatedAt.Before(hostStart):
+	case cutOff && !reported:
 		x.Status = store.StatusFailed
 		x.Message = fmt.Sprintf("the host restarted before node %s created this VPS; delete it and create it again", node)
 	case x.Status == store.StatusLost && reported && st.Running,
-		x.Status == store.StatusPending && reported && st.Running:
+		x.Status == store.StatusPending && reported && st.Running,
+		x.Status == store.StatusFailed && x.Message == missingContainerMsg(node) && reported && st.Running:
 		applyRunning(x, st)
+	case cutOff && now.Sub(x.UpdatedAt) > createTimeout:
+		x.Status = store.StatusStopped
+		x.Message = fmt.Sprintf("the host restarted while this VPS was being created or started, and its container is not running; start it with `kohakuriver vps start %s`", x.Ref())
 	case x.Status == store.StatusLost && reported:
 		x.Status = store.StatusStopped
 		x.Message = fmt.Sprintf("the container was not running when node %s came back; start it with `kohakuriver vps start %s`", node, x.Ref())

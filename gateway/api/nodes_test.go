@@ -17,7 +17,7 @@ func (e *env) agentAPI() *AgentAPI {
 }
 
 func report(vps ...VPSState) AgentReport {
-	return AgentReport{Name: "n1", Address: "10.0.0.1:8001", Cores: 8, MemoryMB: 16384, VPS: vps}
+	return AgentReport{Name: "n1", Address: "127.0.0.1:8001", Cores: 8, MemoryMB: 16384, VPS: vps}
 }
 
 func TestNodeMonitor(t *testing.T) {
@@ -52,7 +52,7 @@ func TestNodeMonitor(t *testing.T) {
 	if err := e.srv.checkNodes(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := e.st.Node(ctx, "n1"); n.Status != store.NodeOnline || n.Address != "10.0.0.1:8001" {
+	if n, _ := e.st.Node(ctx, "n1"); n.Status != store.NodeOnline || n.Address != "127.0.0.1:8001" {
 		t.Fatalf("node after heartbeat = %+v", n)
 	}
 
@@ -285,15 +285,21 @@ func TestReconcileCutOffCreate(t *testing.T) {
 		{"pending from this run, create in flight", hostStart.Add(time.Second), false, false, store.StatusPending, errNoChange},
 		{"pending from before, container came up", hostStart.Add(-time.Minute), true, true, store.StatusRunning, nil},
 		{"pending from before, container still starting", hostStart.Add(-time.Minute), true, false, store.StatusPending, errNoChange},
+		{"pending from before, container never started", hostStart.Add(-createTimeout - time.Minute), true, false, store.StatusStopped, nil},
+		{"pending from this run, container not running yet", hostStart.Add(time.Second), true, false, store.StatusPending, errNoChange},
 	}
+	now := hostStart.Add(time.Minute)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			x := store.VPS{TaskID: store.NewTaskID(), Status: store.StatusPending, UpdatedAt: tt.updated}
-			err := reconcileVPS(&x, VPSState{TaskID: x.TaskID, Running: tt.running, HostKeys: []string{"ssh-ed25519 AAAA"}}, tt.reported, "n1", hostStart)
+			err := reconcileVPS(&x, VPSState{TaskID: x.TaskID, Running: tt.running, HostKeys: []string{"ssh-ed25519 AAAA"}}, tt.reported, "n1", hostStart, now)
 			if !errors.Is(err, tt.wantErr) || x.Status != tt.wantStatus {
 				t.Fatalf("got status %s err %v; want %s %v", x.Status, err, tt.wantStatus, tt.wantErr)
 			}
 			if x.Status == store.StatusFailed && !strings.Contains(x.Message, "create it again") {
+				t.Fatalf("message %q", x.Message)
+			}
+			if x.Status == store.StatusStopped && !strings.Contains(x.Message, "kohakuriver vps start") {
 				t.Fatalf("message %q", x.Message)
 			}
 		})
@@ -321,5 +327,45 @@ func TestReconcileRunningWithoutContainer(t *testing.T) {
 	v := e.vps(t, "gone")
 	if v.Status != store.StatusFailed || !strings.Contains(v.Message, "no longer has this VPS's container") {
 		t.Fatalf("old running VPS missing from its node: %s %q", v.Status, v.Message)
+	}
+	// The container shows up again (it was missing from a report by
+	// mistake): the VPS runs again.
+	if err := e.agentAPI().Heartbeat(ctx, report(VPSState{TaskID: v.TaskID, Running: true})); err != nil {
+		t.Fatal(err)
+	}
+	if v := e.vps(t, "gone"); v.Status != store.StatusRunning || v.Message != "" {
+		t.Fatalf("failed VPS reported running again: %s %q", v.Status, v.Message)
+	}
+}
+
+// TestSecondAgentWithSameName: an agent reporting a node's name from
+// another address while that node is online (a cloned machine keeps its
+// hostname, the agent's default name) is refused and changes nothing; once
+// the node has been silent for the heartbeat timeout, a moved node
+// re-registers from its new address.
+func TestSecondAgentWithSameName(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	ag := e.agentAPI()
+	if err := ag.Register(ctx, report()); err != nil {
+		t.Fatal(err)
+	}
+	clone := report()
+	clone.Address = "10.0.0.99:8001"
+	for _, send := range []func(context.Context, AgentReport) error{ag.Register, ag.Heartbeat} {
+		err := send(ctx, clone)
+		if StatusOf(err) != http.StatusConflict || !strings.Contains(err.Error(), "give each agent its own --name") {
+			t.Fatalf("second agent named n1: %v, want 409 saying to rename it", err)
+		}
+	}
+	if n, _ := e.st.Node(ctx, "n1"); n.Address != "127.0.0.1:8001" {
+		t.Fatalf("the second agent took the node's address: %s", n.Address)
+	}
+	e.clock.advance(2 * e.srv.hbTimeout)
+	if err := ag.Register(ctx, clone); err != nil {
+		t.Fatalf("register from a new address after the node went silent: %v", err)
+	}
+	if n, _ := e.st.Node(ctx, "n1"); n.Address != clone.Address {
+		t.Fatalf("node address %s after re-registering, want %s", n.Address, clone.Address)
 	}
 }
