@@ -25,6 +25,8 @@ type fakeAgents struct {
 	fail map[string]error
 	// notRunning makes create/start/restart report Running false.
 	notRunning bool
+	// stopGate, if set, holds StopVPS until it is closed.
+	stopGate chan struct{}
 	// exec runs Exec.
 	exec func(ctx context.Context, cmd []string, stdin io.Reader, stdout, stderr io.Writer) (int, error)
 }
@@ -89,6 +91,12 @@ func (f *fakeAgents) StartVPS(ctx context.Context, node store.Node, taskID strin
 }
 
 func (f *fakeAgents) StopVPS(ctx context.Context, node store.Node, taskID string) error {
+	f.mu.Lock()
+	gate := f.stopGate
+	f.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
 	_, err := f.record("stop", taskID)
 	return err
 }

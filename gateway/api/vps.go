@@ -293,7 +293,7 @@ func (srv *Server) onlineNode(ctx context.Context, v store.VPS) (store.Node, err
 }
 
 func busy(v store.VPS) error {
-	return errorf(http.StatusConflict, "VPS %s is being created or restarted; wait until it is running (see `kohakuriver vps status %s`)", v.Ref(), v.Ref())
+	return errorf(http.StatusConflict, "VPS %s is busy (%s); wait until that finishes (see `kohakuriver vps status %s`)", v.Ref(), orDefault(v.Message, "creating"), v.Ref())
 }
 
 // GET /api/v1/vps: the caller's VPSs; an admin's lists every VPS.
@@ -334,15 +334,39 @@ func (srv *Server) stopVPS(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	switch v.Status {
-	case store.StatusStopped:
-		return errorf(http.StatusConflict, "VPS %s is already stopped", v.Ref())
-	case store.StatusPending:
-		return busy(v)
-	}
 	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lifecycleTimeout)
 	defer cancel()
+	// Claim the record as start and restart do, so that a concurrent
+	// start, restart or stop is refused instead of finishing in an order
+	// that leaves the record and the container disagreeing.
+	var prevStatus store.VPSStatus
+	var prevMessage string
+	v, err = srv.st.UpdateVPS(opCtx, v.TaskID, func(x *store.VPS) error {
+		switch x.Status {
+		case store.StatusStopped:
+			return errorf(http.StatusConflict, "VPS %s is already stopped", x.Ref())
+		case store.StatusPending:
+			return busy(*x)
+		}
+		prevStatus, prevMessage = x.Status, x.Message
+		x.Status, x.Message = store.StatusPending, "stopping"
+		return nil
+	})
+	if err != nil {
+		return err
+	}
 	if err := srv.agents.StopVPS(opCtx, node, v.TaskID); err != nil {
+		// The container was not stopped (or we cannot tell): give the
+		// record back its state.
+		if _, uerr := srv.st.UpdateVPS(opCtx, v.TaskID, func(x *store.VPS) error {
+			if x.Status != store.StatusPending || x.Message != "stopping" {
+				return errNoChange
+			}
+			x.Status, x.Message = prevStatus, prevMessage
+			return nil
+		}); uerr != nil && !errors.Is(uerr, errNoChange) {
+			info(r).log.Error("cannot restore the VPS after a failed stop", "vps", v.TaskID, "err", uerr)
+		}
 		return nodeError(node.Name, "stop the VPS", err, "retry in a moment")
 	}
 	v, err = srv.st.UpdateVPS(opCtx, v.TaskID, func(x *store.VPS) error {

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kohakuriver/kohakuriver/store"
 )
@@ -316,6 +317,37 @@ func TestPendingRefusesConcurrentOps(t *testing.T) {
 		if status, body := e.do(t, "alice", "POST", "/api/v1/vps/box/"+op, ""); status != http.StatusConflict {
 			t.Errorf("%s while pending: %d %s, want 409", op, status, body)
 		}
+	}
+}
+
+// TestStopClaimsTheRecord: while a stop is with the node, a start, restart
+// or second stop of the same VPS is refused, so they cannot finish in an
+// order that leaves the record running and the container stopped.
+func TestStopClaimsTheRecord(t *testing.T) {
+	e := newEnv(t)
+	e.createVPS(t, "alice", "box")
+	gate := make(chan struct{})
+	e.agents.set(func(f *fakeAgents) { f.stopGate = gate })
+	stopped := make(chan int, 1)
+	go func() {
+		status, _ := e.do(t, "alice", "POST", "/api/v1/vps/box/stop", "")
+		stopped <- status
+	}()
+	for e.vps(t, "box").Status != store.StatusPending {
+		time.Sleep(time.Millisecond)
+	}
+	for _, op := range []string{"stop", "start", "restart"} {
+		status, body := e.do(t, "alice", "POST", "/api/v1/vps/box/"+op, "")
+		if status != http.StatusConflict || !strings.Contains(errBody(t, body), "busy (stopping)") {
+			t.Errorf("%s during a stop: %d %s, want 409 busy (stopping)", op, status, body)
+		}
+	}
+	close(gate)
+	if status := <-stopped; status != http.StatusOK {
+		t.Fatalf("stop: %d", status)
+	}
+	if v := e.vps(t, "box"); v.Status != store.StatusStopped {
+		t.Fatalf("after stop: %s", v.Status)
 	}
 }
 
