@@ -53,26 +53,15 @@ func (c *conn) finishHop(up *upstream, err error) {
 	go c.relayUpstream(up)
 }
 
-// relayUpstreamRequests relays the VPS's global requests to the client, in
-// order, waiting for the client's reply where one is wanted. Channel opens
-// have their own goroutine (relayUpstream): a client that is slow to answer
-// a keepalive (a suspended ssh) must not hold up the VPS's channel opens
-// or the notice that the hop ended.
-func (c *conn) relayUpstreamRequests(reqs <-chan *gossh.Request) {
-	for req := range reqs {
-		c.relayUpstreamRequest(req)
-	}
-}
-
 // relayUpstream relays the channels the VPS opens until the hop ends; then
 // it lets the open channels drain to the client and closes the downstream
-// connection.
+// connection. The VPS's global requests have their own goroutine
+// (relayUpstreamRequests): a client slow to answer a keepalive (a
+// suspended ssh) must not hold up channel opens or the end of the hop.
 func (c *conn) relayUpstream(up *upstream) {
-	for nc := range up.chans {
-		c.relayUpstreamChannel(nc)
-	}
 	// x/crypto closes the channel of new channels when the hop's transport
 	// ends.
+	c.relayUpstreamChannels(up.chans)
 	err := up.client.Wait()
 	c.waitPipes(5 * time.Second)
 	c.close(fmt.Errorf("vps connection ended: %w", err))

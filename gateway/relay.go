@@ -46,15 +46,19 @@ func (s *Server) handleChannel(_ *gliderssh.Server, sconn *gossh.ServerConn, nc 
 	c.openPair(nc, up.client, "client")
 }
 
-// relayUpstreamChannel relays a channel the VPS opens toward the client:
+// relayUpstreamChannels relays channels the VPS opens toward the client:
 // forwarded-tcpip, forwarded-streamlocal, x11, auth-agent.
-func (c *conn) relayUpstreamChannel(nc gossh.NewChannel) {
-	down := c.downstream()
-	if down == nil {
-		_ = nc.Reject(gossh.ConnectionFailed, "client gone")
-		return
+func (c *conn) relayUpstreamChannels(chans <-chan gossh.NewChannel) {
+	var down gossh.Conn
+	for nc := range chans {
+		if down == nil {
+			if down = c.downstream(); down == nil {
+				_ = nc.Reject(gossh.ConnectionFailed, "client gone")
+				continue
+			}
+		}
+		go c.openPair(nc, down, "vps")
 	}
-	go c.openPair(nc, down, "vps")
 }
 
 // openPair opens the twin of nc on the other connection, then accepts nc and
@@ -483,26 +487,32 @@ func (s *Server) handleGlobalRequest(ctx gliderssh.Context, _ *gliderssh.Server,
 	return ok, payload
 }
 
-// relayUpstreamRequest relays one of the VPS's global requests to the
-// client, except hostkeys-00@openssh.com. It waits for the client's reply
-// when the VPS wants one (OpenSSH's keepalives, answered at once).
-func (c *conn) relayUpstreamRequest(req *gossh.Request) {
-	if req.Type == reqHostKeys {
+// relayUpstreamRequests relays the VPS's global requests to the client, in
+// order, except hostkeys-00@openssh.com, waiting for the client's reply
+// where one is wanted.
+func (c *conn) relayUpstreamRequests(reqs <-chan *gossh.Request) {
+	var down gossh.Conn
+	for req := range reqs {
+		if req.Type == reqHostKeys {
+			if req.WantReply {
+				_ = req.Reply(false, nil)
+			}
+			continue
+		}
+		if down == nil {
+			down = c.downstream()
+		}
+		ok, payload := false, []byte(nil)
+		if down != nil {
+			var err error
+			ok, payload, err = down.SendRequest(req.Type, req.WantReply, req.Payload)
+			if err != nil {
+				ok = false
+			}
+		}
 		if req.WantReply {
-			_ = req.Reply(false, nil)
+			_ = req.Reply(ok, payload)
 		}
-		return
-	}
-	ok, payload := false, []byte(nil)
-	if down := c.downstream(); down != nil {
-		var err error
-		ok, payload, err = down.SendRequest(req.Type, req.WantReply, req.Payload)
-		if err != nil {
-			ok = false
-		}
-	}
-	if req.WantReply {
-		_ = req.Reply(ok, payload)
 	}
 }
 
