@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"io"
 	"net"
 	"sync"
 	"time"
@@ -79,12 +80,18 @@ func (c *readAheadConn) release() {
 // writev(2). A packet that is exactly 4 KiB long (impossible with AES-GCM,
 // whose packets are 16k+20 bytes, but possible with other ciphers) has no
 // next write to wait for: a timer sends it after holdMax.
+//
+// The writev needs the socket itself: net.Buffers.WriteTo falls back to one
+// write per buffer for any other io.Writer, and the gateway's conns are
+// wrapped (peekConn, relay.Conn). Wrappers whose writes go unchanged to the
+// conn they wrap say so with a WriteConn method; see socketForWrites.
 type coalesceConn struct {
 	net.Conn
-	mu    sync.Mutex
-	held  *[]byte // a copy of the held write, or nil
-	timer *time.Timer
-	err   error // from a timer flush, returned by the next Write
+	socket io.Writer // where the joined writes go: the innermost WriteConn
+	mu     sync.Mutex
+	held   *[]byte // a copy of the held write, or nil
+	timer  *time.Timer
+	err    error // from a timer flush, returned by the next Write
 }
 
 const (
@@ -95,7 +102,31 @@ const (
 
 var heldBufs = sync.Pool{New: func() any { b := make([]byte, xcryptoWriteBuf); return &b }}
 
-func newCoalesceConn(nc net.Conn) *coalesceConn { return &coalesceConn{Conn: nc} }
+func newCoalesceConn(nc net.Conn) *coalesceConn {
+	return &coalesceConn{Conn: nc, socket: socketForWrites(nc)}
+}
+
+// writeThrough is implemented by conn wrappers that change only reads (or
+// nothing of the byte stream): writing to WriteConn() is the same as
+// writing to the wrapper. A TLS conn's NetConn is not such a thing, hence
+// a method of our own.
+type writeThrough interface {
+	WriteConn() net.Conn
+}
+
+// socketForWrites unwraps nc through the wrappers that write through, so
+// that a vectored write reaches the *net.TCPConn (or whatever is below the
+// last such wrapper).
+func socketForWrites(nc net.Conn) net.Conn {
+	for range 8 { // wrappers are few; a cycle must not loop forever
+		wt, ok := nc.(writeThrough)
+		if !ok {
+			break
+		}
+		nc = wt.WriteConn()
+	}
+	return nc
+}
 
 func (c *coalesceConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
@@ -106,7 +137,7 @@ func (c *coalesceConn) Write(p []byte) (int, error) {
 	if c.held != nil {
 		c.timer.Stop()
 		bufs := net.Buffers{*c.held, p}
-		_, err := bufs.WriteTo(c.Conn)
+		_, err := bufs.WriteTo(c.socket)
 		c.releaseHeld()
 		if err != nil {
 			return 0, err

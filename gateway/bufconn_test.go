@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/tls"
 	"fmt"
 	"io"
 	mrand "math/rand/v2"
@@ -10,6 +11,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/kohakuriver/kohakuriver/agent/relay"
 )
 
 // tcpPair returns both ends of a loopback TCP connection.
@@ -242,5 +245,47 @@ func TestCoalesceConnCloseUnblocksWriter(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the stuck Write did not end when the conn closed")
+	}
+}
+
+// TestCoalesceConnWritesToTheSocket: the joined write must reach the TCP
+// socket itself, through the wrappers the gateway puts around it, or
+// net.Buffers falls back to one write(2) per buffer and nothing is joined
+// (as it did before WriteConn: the profile showed two writes per packet).
+// A wrapper that changes what is written (TLS) must not be unwrapped.
+func TestCoalesceConnWritesToTheSocket(t *testing.T) {
+	w, r := tcpPair(t)
+	tlsConn := tls.Client(w, &tls.Config{InsecureSkipVerify: true})
+	for _, tc := range []struct {
+		name string
+		conn net.Conn
+		want net.Conn
+	}{
+		{"socket", w, w},
+		{"peekConn", &peekConn{Conn: w}, w},
+		{"relay.Conn", &relay.Conn{Conn: w}, w},
+		{"peekConn over relay.Conn", &peekConn{Conn: &relay.Conn{Conn: w}}, w},
+		{"TLS", &peekConn{Conn: tlsConn}, tlsConn},
+	} {
+		cc := newCoalesceConn(tc.conn)
+		if cc.socket != tc.want {
+			t.Errorf("%s: joined writes go to %T, want %T", tc.name, cc.socket, tc.want)
+		}
+	}
+	// And the bytes still arrive whole through the wrappers.
+	cc := newCoalesceConn(&peekConn{Conn: &relay.Conn{Conn: w}})
+	want := make([]byte, xcryptoWriteBuf+30000)
+	_, _ = rand.Read(want)
+	go func() {
+		_, _ = cc.Write(want[:xcryptoWriteBuf])
+		_, _ = cc.Write(want[xcryptoWriteBuf:])
+	}()
+	got := make([]byte, len(want))
+	_ = r.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(r, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("bytes differ from what was written")
 	}
 }

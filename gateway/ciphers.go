@@ -67,6 +67,9 @@ type peekConn struct {
 	buf []byte
 }
 
+// WriteConn returns the wrapped conn: peekConn changes only reads.
+func (p *peekConn) WriteConn() net.Conn { return p.Conn }
+
 func (p *peekConn) Read(b []byte) (int, error) {
 	if len(p.buf) > 0 {
 		n := copy(b, p.buf)

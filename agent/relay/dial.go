@@ -196,6 +196,11 @@ func (c *Conn) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
+// WriteConn returns the socket below c: writes to c go to it unchanged, so
+// a caller may give it vectored writes (writev(2)), which c's own method
+// set cannot offer.
+func (c *Conn) WriteConn() net.Conn { return c.Conn }
+
 // CloseWrite shuts down the writing side: the sshd reads EOF, and its
 // remaining output can still be read from c.
 func (c *Conn) CloseWrite() error {
