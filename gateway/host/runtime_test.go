@@ -1,0 +1,146 @@
+package host
+
+import (
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
+	"testing"
+	"time"
+)
+
+func TestGCPercentFor(t *testing.T) {
+	tu := newGCTuner(200, 64<<20)
+	for _, tc := range []struct {
+		live uint64
+		want int
+	}{
+		{0, maxGCPercent},       // nothing measured yet
+		{1 << 10, maxGCPercent}, // tiny heap: capped
+		{4 << 20, 1600},         // 64 MiB headroom over 4 MiB live
+		{16 << 20, 400},         // headroom rules
+		{32 << 20, 200},         // 200% of 32 MiB is exactly the headroom
+		{500 << 20, 200},        // large heap: the base percentage
+		{1 << 40, 200},          // and no overflow for huge ones
+		{64<<20*100/maxGCPercent - 1, maxGCPercent},
+	} {
+		if got := tu.percentFor(tc.live, true); got != tc.want {
+			t.Errorf("bulk: percentFor(%d) = %d, want %d", tc.live, got, tc.want)
+		}
+		if got := tu.percentFor(tc.live, false); got != 200 {
+			t.Errorf("set-up churn: percentFor(%d) = %d, want the base 200", tc.live, got)
+		}
+	}
+}
+
+func TestMostlyLarge(t *testing.T) {
+	tu := newGCTuner(200, 64<<20)
+	hist := func(large uint64) *metrics.Float64Histogram {
+		return &metrics.Float64Histogram{
+			Counts:  []uint64{1000, 5, large},
+			Buckets: []float64{0, 8192, 32769, 1e300},
+		}
+	}
+	steps := []struct {
+		allocated, large uint64
+		want             bool
+	}{
+		{1 << 20, 0, false},             // small objects only
+		{1<<20 + 100*33000, 100, true},  // then 100 packet buffers
+		{1<<20 + 100*33000, 100, false}, // nothing allocated since
+		{2<<20 + 100*33000, 110, false}, // 1 MiB, of which 10 large: small dominate
+		{2<<20 + 200*33000, 210, true},
+	}
+	for i, s := range steps {
+		if got := tu.mostlyLarge(s.allocated, hist(s.large)); got != s.want {
+			t.Errorf("step %d: mostlyLarge = %v, want %v", i, got, s.want)
+		}
+	}
+	// A histogram of an unexpected shape counts as no large objects.
+	if tu.mostlyLarge(3<<20+200*33000, &metrics.Float64Histogram{}) {
+		t.Error("an empty histogram counted as bulk")
+	}
+}
+
+// currentGCPercent reads GOGC without changing it.
+func currentGCPercent() int {
+	p := debug.SetGCPercent(100)
+	debug.SetGCPercent(p)
+	return p
+}
+
+var sink [][]byte
+
+// cycleWith collects, allocating with alloc before each collection, until
+// the tuner has seen n more cycles: its hook runs on the finalizer
+// goroutine after the collection.
+func cycleWith(t *testing.T, tu *gcTuner, n int64, alloc func()) {
+	t.Helper()
+	want := tu.cycles.Load() + n
+	deadline := time.Now().Add(20 * time.Second)
+	for tu.cycles.Load() < want {
+		if time.Now().After(deadline) {
+			t.Fatalf("the tuner saw %d collections, want %d: its hook does not run after a GC", tu.cycles.Load(), want)
+		}
+		alloc()
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestGCTunerFollowsTheHeap: after collections, GOGC is what the live heap,
+// the headroom and the kind of allocation call for.
+func TestGCTunerFollowsTheHeap(t *testing.T) {
+	before := debug.SetGCPercent(100)
+	t.Cleanup(func() { debug.SetGCPercent(before) })
+	bulk := func() {
+		sink = nil
+		for range 200 {
+			sink = append(sink, make([]byte, 33000))
+		}
+	}
+	churn := func() {
+		sink = nil
+		for range 20000 {
+			sink = append(sink, make([]byte, 100))
+		}
+	}
+
+	// Bulk allocation, a headroom far above this test's heap: GOGC goes up.
+	tu := newGCTuner(150, 1<<30)
+	tu.start()
+	cycleWith(t, tu, 3, bulk)
+	if got := currentGCPercent(); got <= 150 || got != int(tu.percent.Load()) {
+		t.Errorf("GOGC %d after bulk allocation with a 1 GiB headroom (tuner set %d), want above the base of 150", got, tu.percent.Load())
+	}
+	// Small objects only: the base, whatever the headroom.
+	cycleWith(t, tu, 3, churn)
+	if got := currentGCPercent(); got != 150 {
+		t.Errorf("GOGC %d after small allocations only, want the base 150", got)
+	}
+	tu.stop()
+
+	// Bulk again, but a live heap that the headroom is small against.
+	live := make([][]byte, 64)
+	for i := range live {
+		live[i] = make([]byte, 1<<20)
+	}
+	small := newGCTuner(150, 1<<20)
+	small.start()
+	cycleWith(t, small, 3, bulk)
+	small.stop()
+	runtime.KeepAlive(live)
+	if got := currentGCPercent(); got != 150 {
+		t.Errorf("GOGC %d with 64 MiB live and a 1 MiB headroom, want the base 150", got)
+	}
+
+	// A stopped tuner changes nothing more.
+	debug.SetGCPercent(123)
+	bulk()
+	runtime.GC()
+	runtime.GC()
+	time.Sleep(50 * time.Millisecond)
+	if got := currentGCPercent(); got != 123 {
+		t.Errorf("GOGC %d after the tuners stopped, want 123 as set", got)
+	}
+	sink = nil
+}
