@@ -9,18 +9,20 @@ import (
 	"sync/atomic"
 )
 
-// DefaultGCPercent is the host daemon's GOGC unless the environment sets one.
+// DefaultGCPercent is the host daemon's GOGC unless the environment sets one,
+// for collections after which the heap grew by small objects (sessions being
+// set up, the API); bulk relaying gets HeapHeadroom instead.
 //
-// The relay allocates a fresh buffer per SSH packet inside x/crypto (about
-// two bytes allocated per byte relayed) while its live heap stays small, so
-// with Go's default of 100 the collector runs every few MiB relayed. It is
-// a trade: the more garbage may pile up between collections, the more the
+// It is a trade between the collector's CPU and the gateway's memory per
+// session: the more garbage may pile up between collections, the more the
 // long-lived objects of connections set up meanwhile end up scattered over
-// mostly free heap spans, which stay resident. Measured with gateway/bench
-// (250 idle sessions; 512 MiB uploads, CPU of the bench process): 100
-// costs 4.6 core-s/GiB and 62 KiB of heap per session, 200 4.0 and 68,
-// 400 3.9 and 86.
-const DefaultGCPercent = 200
+// mostly free heap spans, which stay resident. Go's default of 100 is the
+// better side now that relaying does not depend on it: 2,000 idle sessions
+// (gateway/bench) hold 61.5 KiB of heap each at 100 against 66.3 at 200,
+// and an earlier run at 250 sessions measured 86 at 400; the upload's CPU
+// per GiB did not change within the run-to-run noise (1.50 and 1.32 against
+// 1.51 and 1.47 core-s net of the generator, interleaved runs).
+const DefaultGCPercent = 100
 
 // HeapHeadroom is the least garbage the host lets pile up between
 // collections while it relays bulk data, whatever DefaultGCPercent makes
@@ -32,7 +34,7 @@ const DefaultGCPercent = 200
 // With this floor the collector runs about a tenth as often while the heap
 // is small: the gateway's CPU per GiB relayed, net of the bench's data
 // generator, fell from 1.62 to 1.30 core-s (gateway/bench, two interleaved
-// runs each). The floor applies only after a cycle whose allocation was
+// runs each, base GOGC 200 then). The floor applies only after a cycle whose allocation was
 // mostly x/crypto's per-packet buffers (large objects, which get spans of
 // their own and so never strand small objects): applied to the small
 // objects of session set-up, it scattered the long-lived ones over mostly
