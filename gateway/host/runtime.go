@@ -7,6 +7,7 @@ import (
 	"runtime/metrics"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // DefaultGCPercent is the host daemon's GOGC unless the environment sets one,
@@ -41,6 +42,12 @@ const DefaultGCPercent = 100
 // free spans, 150 KiB of RSS per session at 2,000 sessions against 125.
 const HeapHeadroom = 64 << 20
 
+// bulkLinger is how long the headroom outlasts the last collection that
+// found bulk allocation. With the headroom, a transfer faster than about
+// 60 MB/s runs a collection at least every second (it allocates a little
+// more than it relays) and keeps it; a slower one hardly needs it.
+const bulkLinger = time.Second
+
 // maxGCPercent bounds the percentage the headroom asks for when the live
 // heap is tiny (a freshly started process).
 const maxGCPercent = 10000
@@ -74,9 +81,14 @@ type gcTuner struct {
 	samples  []metrics.Sample
 	// Cumulative counters at the previous collection.
 	allocated, large uint64
-	stopped          atomic.Bool
-	cycles           atomic.Int64 // collections seen, for tests
-	percent          atomic.Int64 // last GOGC set
+	// The headroom ends lingerFor after the last bulk cycle if no other
+	// collection came meanwhile (the transfer ended).
+	lingerFor time.Duration
+	linger    *time.Timer
+	mu        sync.Mutex // serializes setPercent
+	stopped   atomic.Bool
+	cycles    atomic.Int64 // collections seen, for tests
+	percent   atomic.Int64 // last GOGC set
 }
 
 const (
@@ -87,8 +99,9 @@ const (
 
 func newGCTuner(base int, headroom uint64) *gcTuner {
 	return &gcTuner{
-		base:     base,
-		headroom: headroom,
+		base:      base,
+		headroom:  headroom,
+		lingerFor: bulkLinger,
 		samples: []metrics.Sample{
 			sampleLive:      {Name: "/gc/heap/live:bytes"},
 			sampleAllocated: {Name: "/gc/heap/allocs:bytes"},
@@ -163,12 +176,31 @@ func (t *gcTuner) afterGC() {
 	}
 	live := t.samples[sampleLive].Value.Uint64()
 	bulk := t.mostlyLarge(t.samples[sampleAllocated].Value.Uint64(), t.samples[sampleBySize].Value.Float64Histogram())
-	p := t.percentFor(live, bulk)
-	if int64(p) != t.percent.Load() {
-		debug.SetGCPercent(p)
-		t.percent.Store(int64(p))
+	t.setPercent(t.percentFor(live, bulk))
+	if bulk {
+		// Back to the base once the transfer is over, rather than at the
+		// next collection: the headroom would otherwise keep the transfer's
+		// garbage (the next collection may be minutes away) and let the
+		// next burst of session set-up scatter its objects over it.
+		if t.linger == nil {
+			t.linger = time.AfterFunc(t.lingerFor, func() { t.setPercent(t.base) })
+		} else {
+			t.linger.Reset(t.lingerFor)
+		}
 	}
 	t.cycles.Add(1)
+}
+
+// setPercent applies GOGC p if it changed. The finalizer goroutine and the
+// linger timer both set it.
+func (t *gcTuner) setPercent(p int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopped.Load() || int64(p) == t.percent.Load() {
+		return
+	}
+	debug.SetGCPercent(p)
+	t.percent.Store(int64(p))
 }
 
 // stop ends the tuning after the next collection (tests only; daemons tune

@@ -61,11 +61,12 @@ func TestMostlyLarge(t *testing.T) {
 	}
 }
 
-// currentGCPercent reads GOGC without changing it.
+// currentGCPercent reads GOGC without changing it (SetGCPercent to read
+// and restore could undo a tuner's concurrent change).
 func currentGCPercent() int {
-	p := debug.SetGCPercent(100)
-	debug.SetGCPercent(p)
-	return p
+	s := []metrics.Sample{{Name: "/gc/gogc:percent"}}
+	metrics.Read(s)
+	return int(s[0].Value.Uint64())
 }
 
 var sink [][]byte
@@ -143,4 +144,32 @@ func TestGCTunerFollowsTheHeap(t *testing.T) {
 		t.Errorf("GOGC %d after the tuners stopped, want 123 as set", got)
 	}
 	sink = nil
+}
+
+// TestGCTunerHeadroomEndsWithTheTransfer: once bulk allocation stops, GOGC
+// goes back to the base without waiting for a collection.
+func TestGCTunerHeadroomEndsWithTheTransfer(t *testing.T) {
+	before := debug.SetGCPercent(100)
+	t.Cleanup(func() { debug.SetGCPercent(before) })
+	tu := newGCTuner(150, 1<<30)
+	tu.lingerFor = 100 * time.Millisecond
+	tu.start()
+	defer tu.stop()
+	cycleWith(t, tu, 2, func() {
+		sink = nil
+		for range 200 {
+			sink = append(sink, make([]byte, 33000))
+		}
+	})
+	sink = nil
+	if got := currentGCPercent(); got <= 150 {
+		t.Fatalf("GOGC %d during bulk allocation, want above the base of 150", got)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for currentGCPercent() != 150 {
+		if time.Now().After(deadline) {
+			t.Fatalf("GOGC still %d long after bulk allocation stopped, want the base 150", currentGCPercent())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
