@@ -30,16 +30,18 @@ const DefaultGCPercent = 100
 // of a small live heap.
 //
 // A host with few sessions has a live heap of a few MiB, so at GOGC 200 a
-// bulk transfer triggers a collection every ten MiB or so relayed, more
+// bulk transfer triggered a collection every ten MiB or so relayed, more
 // than a hundred per GiB, each marking the whole heap and every stack.
 // With this floor the collector runs about a tenth as often while the heap
 // is small: the gateway's CPU per GiB relayed, net of the bench's data
 // generator, fell from 1.62 to 1.30 core-s (gateway/bench, two interleaved
-// runs each, base GOGC 200 then). The floor applies only after a cycle whose allocation was
-// mostly x/crypto's per-packet buffers (large objects, which get spans of
-// their own and so never strand small objects): applied to the small
-// objects of session set-up, it scattered the long-lived ones over mostly
-// free spans, 150 KiB of RSS per session at 2,000 sessions against 125.
+// runs each, base GOGC 200 then).
+//
+// The floor applies only after a cycle whose allocation was mostly
+// x/crypto's per-packet buffers (large objects, which get spans of their
+// own and so never strand small objects). Applied to the small objects of
+// session set-up too, it scattered the long-lived ones over mostly free
+// spans: 150 KiB of RSS per session at 2,000 sessions against 125.
 const HeapHeadroom = 64 << 20
 
 // bulkLinger is how long the headroom outlasts the last collection that
