@@ -147,7 +147,8 @@ func TestGCTunerFollowsTheHeap(t *testing.T) {
 }
 
 // TestGCTunerHeadroomEndsWithTheTransfer: once bulk allocation stops, GOGC
-// goes back to the base without waiting for a collection.
+// goes back to the base without waiting for a collection, and the
+// transfer's garbage goes back to the OS.
 func TestGCTunerHeadroomEndsWithTheTransfer(t *testing.T) {
 	before := debug.SetGCPercent(100)
 	t.Cleanup(func() { debug.SetGCPercent(before) })
@@ -157,7 +158,7 @@ func TestGCTunerHeadroomEndsWithTheTransfer(t *testing.T) {
 	defer tu.stop()
 	cycleWith(t, tu, 2, func() {
 		sink = nil
-		for range 200 {
+		for range 2000 { // 66 MB of packet-sized garbage per cycle
 			sink = append(sink, make([]byte, 33000))
 		}
 	})
@@ -171,5 +172,31 @@ func TestGCTunerHeadroomEndsWithTheTransfer(t *testing.T) {
 			t.Fatalf("GOGC still %d long after bulk allocation stopped, want the base 150", currentGCPercent())
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	// Heap memory backed by RAM: objects (the garbage too, until
+	// collected), free spans not yet returned, and slack in spans.
+	resident := []metrics.Sample{
+		{Name: "/memory/classes/heap/objects:bytes"},
+		{Name: "/memory/classes/heap/free:bytes"},
+		{Name: "/memory/classes/heap/unused:bytes"},
+	}
+	for {
+		metrics.Read(resident)
+		var sum uint64
+		for _, r := range resident {
+			sum += r.Value.Uint64()
+		}
+		if sum < 16<<20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d MiB of heap still resident after the transfer ended, want its garbage returned to the OS", sum>>20)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The forced collection did not take the transfer for bulk again.
+	time.Sleep(300 * time.Millisecond)
+	if got := currentGCPercent(); got != 150 {
+		t.Errorf("GOGC %d after the headroom ended, want the base 150", got)
 	}
 }
