@@ -88,7 +88,7 @@ type gcTuner struct {
 	// the headroom).
 	allocated, large uint64
 	// The headroom ends lingerFor after the last bulk cycle if no other
-	// collection came meanwhile (the transfer ended).
+	// bulk cycle came meanwhile (the transfer ended).
 	lingerFor time.Duration
 	linger    *time.Timer
 	// mu serializes afterGC (on the finalizer goroutine) and endHeadroom
@@ -177,13 +177,13 @@ func (t *gcTuner) afterGC() {
 	if t.stopped.Load() {
 		return
 	}
-	allocated, large, ok := t.read()
+	allocated, bySize, ok := t.read()
 	if !ok {
 		t.stopped.Store(true) // a runtime without these metrics: keep the plain GOGC
 		return
 	}
 	live := t.samples[sampleLive].Value.Uint64()
-	bulk := t.mostlyLarge(allocated, large)
+	bulk := t.mostlyLarge(allocated, bySize)
 	t.setPercent(t.percentFor(live, bulk))
 	if bulk {
 		if t.linger == nil {
@@ -225,8 +225,8 @@ func (t *gcTuner) endHeadroom() {
 	}
 	// The forced collection must not take the transfer's tail for bulk
 	// and raise GOGC again.
-	if allocated, large, ok := t.read(); ok {
-		_ = t.mostlyLarge(allocated, large)
+	if allocated, bySize, ok := t.read(); ok {
+		_ = t.mostlyLarge(allocated, bySize)
 	}
 	t.setPercent(t.base)
 	t.mu.Unlock()
