@@ -2,10 +2,8 @@ package api
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -16,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kohakuriver/kohakuriver/agent/clusterauth"
 	"github.com/kohakuriver/kohakuriver/store"
 )
 
@@ -25,20 +24,10 @@ const AdminUser = "admin"
 // maxTokenLen bounds the bearer token we hash; ours are 47 characters.
 const maxTokenLen = 512
 
-// tokenPrefix starts every token NewToken makes. Besides making a leaked
-// token recognisable, it keeps tokens from starting with "-": base64url
-// does one time in 64, and `kohakuriver login --token -x...` then fails
-// as an unknown flag.
-const tokenPrefix = "krt_"
-
-// NewToken returns a new random secret: tokenPrefix and 32 bytes from
-// crypto/rand, base64url without padding (47 characters). It serves as API
-// token and as cluster token.
-func NewToken() string {
-	var b [32]byte
-	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (it crashes the program instead)
-	return tokenPrefix + base64.RawURLEncoding.EncodeToString(b[:])
-}
+// NewToken returns a new random secret, made as clusterauth.NewToken makes
+// cluster tokens ("krt_" and 32 random bytes, base64url: 47 characters). It
+// serves as API token and as cluster token.
+func NewToken() string { return clusterauth.NewToken() }
 
 // HashToken returns what store.User.TokenHash holds for token: hex SHA-256.
 func HashToken(token string) string {
