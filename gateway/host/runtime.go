@@ -177,12 +177,11 @@ func (t *gcTuner) afterGC() {
 	if t.stopped.Load() {
 		return
 	}
-	allocated, bySize, ok := t.read()
+	live, allocated, bySize, ok := t.read()
 	if !ok {
 		t.stopped.Store(true) // a runtime without these metrics: keep the plain GOGC
 		return
 	}
-	live := t.samples[sampleLive].Value.Uint64()
 	bulk := t.mostlyLarge(allocated, bySize)
 	t.setPercent(t.percentFor(live, bulk))
 	if bulk {
@@ -195,16 +194,17 @@ func (t *gcTuner) afterGC() {
 	t.cycles.Add(1)
 }
 
-// read samples the runtime's metrics: the cumulative bytes allocated, and
-// the histogram of allocations by size. Callers hold t.mu.
-func (t *gcTuner) read() (allocated uint64, bySize *metrics.Float64Histogram, ok bool) {
+// read samples the runtime's metrics: the live heap, the cumulative bytes
+// allocated, and the histogram of allocations by size. Callers hold t.mu.
+func (t *gcTuner) read() (live, allocated uint64, bySize *metrics.Float64Histogram, ok bool) {
 	metrics.Read(t.samples)
 	if t.samples[sampleLive].Value.Kind() != metrics.KindUint64 ||
 		t.samples[sampleAllocated].Value.Kind() != metrics.KindUint64 ||
 		t.samples[sampleBySize].Value.Kind() != metrics.KindFloat64Histogram {
-		return 0, nil, false
+		return 0, 0, nil, false
 	}
-	return t.samples[sampleAllocated].Value.Uint64(), t.samples[sampleBySize].Value.Float64Histogram(), true
+	return t.samples[sampleLive].Value.Uint64(), t.samples[sampleAllocated].Value.Uint64(),
+		t.samples[sampleBySize].Value.Float64Histogram(), true
 }
 
 // endHeadroom runs lingerFor after the last bulk collection, if no other
@@ -225,7 +225,7 @@ func (t *gcTuner) endHeadroom() {
 	}
 	// The forced collection must not take the transfer's tail for bulk
 	// and raise GOGC again.
-	if allocated, bySize, ok := t.read(); ok {
+	if _, allocated, bySize, ok := t.read(); ok {
 		_ = t.mostlyLarge(allocated, bySize)
 	}
 	t.setPercent(t.base)
