@@ -360,6 +360,11 @@ func (c *conn) setDownstream(sc gossh.Conn) {
 // while the hop may already deliver requests: so wait for it, polling the
 // context briefly when no client request has delivered it yet.
 func (c *conn) downstream() gossh.Conn {
+	select {
+	case <-c.downReady:
+		return c.down
+	default:
+	}
 	t := time.NewTicker(2 * time.Millisecond)
 	defer t.Stop()
 	for {

@@ -49,19 +49,37 @@ func (c *conn) finishHop(up *upstream, err error) {
 		c.log.Warn("hop failed", "err", err)
 		return
 	}
-	go c.relayUpstreamRequests(up.reqs)
 	go c.relayUpstream(up)
 }
 
-// relayUpstream relays the channels the VPS opens until the hop ends; then
-// it lets the open channels drain to the client and closes the downstream
-// connection. The VPS's global requests have their own goroutine
-// (relayUpstreamRequests): a client slow to answer a keepalive (a
-// suspended ssh) must not hold up channel opens or the end of the hop.
+// relayUpstream relays what the VPS starts, the channels it opens and its
+// global requests, until the hop ends; then it lets the open channels drain
+// to the client and closes the downstream connection. Each channel is
+// bridged on a goroutine of its own and the requests are forwarded by
+// vpsRequests, whose goroutine runs only while some wait, so that a client
+// slow to answer a keepalive (a suspended ssh) holds up neither channel
+// opens nor the end of the hop, and no goroutine idles for requests that
+// sshd sends rarely if ever.
 func (c *conn) relayUpstream(up *upstream) {
-	// x/crypto closes the channel of new channels when the hop's transport
-	// ends.
-	c.relayUpstreamChannels(up.chans)
+	reqQueue := newVPSRequests(c)
+	// x/crypto closes both when the hop's transport ends.
+	chans, reqs := up.chans, up.reqs
+	for chans != nil || reqs != nil {
+		select {
+		case nc, ok := <-chans:
+			if !ok {
+				chans = nil
+				continue
+			}
+			go c.openFromVPS(nc)
+		case req, ok := <-reqs:
+			if !ok {
+				reqs = nil
+				continue
+			}
+			reqQueue.push(req)
+		}
+	}
 	err := up.client.Wait()
 	c.waitPipes(5 * time.Second)
 	c.close(fmt.Errorf("vps connection ended: %w", err))

@@ -46,19 +46,15 @@ func (s *Server) handleChannel(_ *gliderssh.Server, sconn *gossh.ServerConn, nc 
 	c.openPair(nc, up.client, "client")
 }
 
-// relayUpstreamChannels relays channels the VPS opens toward the client:
-// forwarded-tcpip, forwarded-streamlocal, x11, auth-agent.
-func (c *conn) relayUpstreamChannels(chans <-chan gossh.NewChannel) {
-	var down gossh.Conn
-	for nc := range chans {
-		if down == nil {
-			if down = c.downstream(); down == nil {
-				_ = nc.Reject(gossh.ConnectionFailed, "client gone")
-				continue
-			}
-		}
-		go c.openPair(nc, down, "vps")
+// openFromVPS relays a channel the VPS opens (forwarded-tcpip,
+// forwarded-streamlocal, x11, auth-agent) toward the client.
+func (c *conn) openFromVPS(nc gossh.NewChannel) {
+	down := c.downstream()
+	if down == nil {
+		_ = nc.Reject(gossh.ConnectionFailed, "client gone")
+		return
 	}
+	c.openPair(nc, down, "vps")
 }
 
 // openPair opens the twin of nc on the other connection, then accepts nc and
@@ -101,10 +97,10 @@ func (c *conn) openPair(nc gossh.NewChannel, other gossh.Conn, from string) {
 	if f := describeForward(nc.ChannelType(), nc.ExtraData()); f != "" {
 		c.recordForward(f)
 	}
-	// Requests from the VPS side carry exit-status and exit-signal.
 	clientSession := nc.ChannelType() == "session" && from == "client"
-	toVPS := tap{holdDataUntilStart: clientSession}
-	toClient := tap{onRequest: c.noteExit, eofAfterExit: clientSession}
+	toVPS, toClient := pairTaps(clientSession)
+	// Requests from the VPS side carry exit-status and exit-signal.
+	toClient.onRequest = c.noteExit
 	if clientSession {
 		c.trackSession(ch, true)
 		defer c.trackSession(ch, false)
@@ -120,6 +116,16 @@ func (c *conn) openPair(nc gossh.NewChannel, other gossh.Conn, from string) {
 	} else {
 		bridge(twin, twinReqs, ch, reqs, toVPS, toClient)
 	}
+}
+
+// pairTaps are the taps a channel pair starts with: a session the client
+// opened has its data held until it starts and its EOF after its exit
+// status, and only its VPS side's extended data (stderr) is copied beside
+// the data.
+func pairTaps(clientSession bool) (toVPS, toClient tap) {
+	toVPS = tap{holdDataUntilStart: clientSession, extendedLast: true}
+	toClient = tap{eofAfterExit: clientSession, extendedLast: !clientSession}
+	return toVPS, toClient
 }
 
 // tap sees what one direction of a channel pair carries.
@@ -145,6 +151,16 @@ type tap struct {
 	// drops it, and an sftp client whose first packet was lost waits
 	// forever.
 	holdDataUntilStart bool
+	// extendedLast copies this direction's extended data after its data
+	// ended, on the same goroutine, instead of beside it on a goroutine of
+	// its own. Only the VPS side of a session sends extended data (stderr)
+	// in practice: sshd ignores what a client sends (channels.c, "bad ext
+	// data"), and nobody sends any on forwarded, X11 or agent channels, so a
+	// goroutine parked on it in every other direction would be waste (one
+	// per session, two per forwarded connection). What does come is still
+	// relayed in full, only late; a peer that fills its window with it and
+	// waits for more window before its EOF stalls only its own channel.
+	extendedLast bool
 }
 
 // explainLostVPS makes a session whose VPS connection died (container
@@ -183,8 +199,8 @@ func (c *conn) explainLostVPS(t *tap) {
 
 // bridge relays one channel pair (down = client side, up = VPS side) until
 // both are closed. Each direction is a half: its data and extended data are
-// copied concurrently (they share one window), its requests are forwarded in
-// order, and the far side is closed only after the near side's CLOSE has
+// copied (concurrently where extended data is expected: they share one
+// window; see tap.extendedLast), its requests are forwarded in order, and the far side is closed only after the near side's CLOSE has
 // arrived (its request channel closed) and both copies reached EOF. That
 // order keeps output that sshd sends after exit-status, and makes
 // `cmd | ssh host sha256sum` exact.
@@ -198,9 +214,9 @@ func bridge(down gossh.Channel, downReqs <-chan *gossh.Request, up gossh.Channel
 }
 
 // Copy buffers. A relay copy spends nearly all its life blocked in Read,
-// and four of them run per session (stdout and stderr, both ways), so the
+// and three of them run per session (stdin, stdout and stderr), so the
 // buffer held across that Read is most of a session's memory: 32 KiB each
-// would be 128 KiB per idle shell. A copy therefore waits with a small
+// would be 96 KiB per idle shell. A copy therefore waits with a small
 // buffer, big enough for keystrokes, a prompt or a line of output, and
 // borrows a packet-sized one once a read fills it, until reads come back
 // no bigger than a burst of terminal output again.
@@ -285,13 +301,18 @@ func half(src gossh.Channel, srcReqs <-chan *gossh.Request, dst gossh.Channel, t
 	}
 	dataDone := make(chan struct{})
 	go func() {
+		defer close(dataDone)
 		<-started
+		if t.extendedLast {
+			copyData(dst, stdout)
+			copyData(dst.Stderr(), stderr)
+			return
+		}
 		var wg sync.WaitGroup
 		wg.Add(1)
 		go func() { defer wg.Done(); copyData(dst.Stderr(), stderr) }()
 		copyData(dst, stdout)
 		wg.Wait()
-		close(dataDone)
 	}()
 	exited := false
 	forward := func(req *gossh.Request) {
@@ -487,32 +508,81 @@ func (s *Server) handleGlobalRequest(ctx gliderssh.Context, _ *gliderssh.Server,
 	return ok, payload
 }
 
-// relayUpstreamRequests relays the VPS's global requests to the client, in
-// order, except hostkeys-00@openssh.com, waiting for the client's reply
-// where one is wanted.
-func (c *conn) relayUpstreamRequests(reqs <-chan *gossh.Request) {
-	var down gossh.Conn
-	for req := range reqs {
-		if req.Type == reqHostKeys {
-			if req.WantReply {
-				_ = req.Reply(false, nil)
+// vpsRequests relays the VPS's global requests to the client, in order,
+// except hostkeys-00@openssh.com, waiting for the client's reply where one
+// is wanted. A goroutine forwards them while any are queued and ends when
+// the queue is empty: sshd sends a host key announcement once and
+// keepalives only if configured, so one parked per connection for them
+// would be waste.
+type vpsRequests struct {
+	c *conn
+	// queue holds what waits to be forwarded. When it is full, push
+	// blocks, and with it the reading of the hop's requests: the
+	// back-pressure x/crypto's own queue of the same size gives.
+	queue chan *gossh.Request
+	// mu guards running. push sends to queue under mu; drain checks under
+	// mu that queue is empty before it stops, so a request is never left
+	// queued with no goroutine to forward it, and there is never more than
+	// one, which keeps the order.
+	mu      sync.Mutex
+	running bool
+}
+
+// vpsRequestBacklog is how many of the VPS's requests may wait for the
+// client, as in x/crypto's queue.
+const vpsRequestBacklog = 16
+
+func newVPSRequests(c *conn) *vpsRequests {
+	return &vpsRequests{c: c, queue: make(chan *gossh.Request, vpsRequestBacklog)}
+}
+
+// push queues req for the client, starting the forwarding goroutine if none
+// runs.
+func (q *vpsRequests) push(req *gossh.Request) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !q.running {
+		q.running = true
+		go q.drain()
+	}
+	q.queue <- req
+}
+
+// drain forwards queued requests until none is left.
+func (q *vpsRequests) drain() {
+	for {
+		select {
+		case req := <-q.queue:
+			q.forward(req)
+		default:
+			q.mu.Lock()
+			if len(q.queue) == 0 {
+				q.running = false
+				q.mu.Unlock()
+				return
 			}
-			continue
+			q.mu.Unlock()
 		}
-		if down == nil {
-			down = c.downstream()
-		}
-		ok, payload := false, []byte(nil)
-		if down != nil {
+	}
+}
+
+// forward relays req and passes the client's reply back. Replies go back in
+// the order the requests came (RFC 4254 4), so even the requests answered
+// here wait their turn.
+func (q *vpsRequests) forward(req *gossh.Request) {
+	ok, payload := false, []byte(nil)
+	// hostkeys-00@openssh.com is refused, not relayed: see reqHostKeys.
+	if req.Type != reqHostKeys {
+		if down := q.c.downstream(); down != nil {
 			var err error
 			ok, payload, err = down.SendRequest(req.Type, req.WantReply, req.Payload)
 			if err != nil {
 				ok = false
 			}
 		}
-		if req.WantReply {
-			_ = req.Reply(ok, payload)
-		}
+	}
+	if req.WantReply {
+		_ = req.Reply(ok, payload)
 	}
 }
 

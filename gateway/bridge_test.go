@@ -1,0 +1,306 @@
+package gateway
+
+// bridge on its own, between two SSH connections made in the test, with
+// the taps openPair gives it: which directions copy extended data beside
+// their data and which after it (tap.extendedLast), how many goroutines
+// that leaves per channel, and that every byte of both arrives either way.
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"testing"
+
+	gossh "golang.org/x/crypto/ssh"
+)
+
+// channelEnd is one end of a channel with its request queue.
+type channelEnd struct {
+	ch   gossh.Channel
+	reqs <-chan *gossh.Request
+}
+
+// testConnPair makes an SSH connection on loopback: a client and a server
+// end, with the client's incoming global requests and the server's
+// incoming channels. The server's incoming global requests are refused, as
+// are channels opened toward the client.
+func testConnPair(t *testing.T) (client gossh.Conn, clientReqs <-chan *gossh.Request, server *gossh.ServerConn, serverChans <-chan gossh.NewChannel) {
+	t.Helper()
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostKey, err := gossh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvCfg := &gossh.ServerConfig{NoClientAuth: true}
+	srvCfg.AddHostKey(hostKey)
+	// Loopback TCP, not net.Pipe: both sides write their version string
+	// before reading, which an unbuffered pipe deadlocks.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	b, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	type srvResult struct {
+		conn  *gossh.ServerConn
+		chans <-chan gossh.NewChannel
+		err   error
+	}
+	srvDone := make(chan srvResult, 1)
+	go func() {
+		sc, chans, reqs, err := gossh.NewServerConn(a, srvCfg)
+		if err == nil {
+			go gossh.DiscardRequests(reqs)
+		}
+		srvDone <- srvResult{sc, chans, err}
+	}()
+	cc, cchans, creqs, err := gossh.NewClientConn(b, "loopback", &gossh.ClientConfig{
+		User: "test", HostKeyCallback: gossh.FixedHostKey(hostKey.PublicKey()),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for nc := range cchans {
+			_ = nc.Reject(gossh.Prohibited, "test")
+		}
+	}()
+	srv := <-srvDone
+	if srv.err != nil {
+		t.Fatal(srv.err)
+	}
+	t.Cleanup(func() { cc.Close(); srv.conn.Close() })
+	return cc, creqs, srv.conn, srv.chans
+}
+
+// openTestChannel opens a channel of the given type over a testConnPair
+// and returns both ends.
+func openTestChannel(t *testing.T, kind string) (opener, accepter channelEnd) {
+	t.Helper()
+	cc, creqs, _, srvChans := testConnPair(t)
+	go gossh.DiscardRequests(creqs)
+	accepted := make(chan channelEnd, 1)
+	go func() {
+		nc := <-srvChans
+		ch, reqs, err := nc.Accept()
+		if err != nil {
+			accepted <- channelEnd{}
+			return
+		}
+		accepted <- channelEnd{ch, reqs}
+	}()
+	ch, reqs, err := cc.OpenChannel(kind, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepter = <-accepted
+	if accepter.ch == nil {
+		t.Fatal("accept failed")
+	}
+	return channelEnd{ch, reqs}, accepter
+}
+
+// bridged sets up client <-> gateway <-> VPS for one channel and runs
+// bridge between the gateway's two ends, with the taps openPair would give
+// it; it returns the client's and the VPS's ends and a channel closed when
+// bridge returned. The bridge's goroutines carry a profiler label, for
+// bridgeGoroutines.
+func bridged(t *testing.T, kind string) (client, vps channelEnd, done <-chan struct{}) {
+	t.Helper()
+	client, gwDown := openTestChannel(t, kind)
+	gwUp, vps := openTestChannel(t, kind)
+	go gossh.DiscardRequests(client.reqs)
+	go gossh.DiscardRequests(vps.reqs)
+	toVPS, toClient := pairTaps(kind == "session")
+	d := make(chan struct{})
+	go pprof.Do(context.Background(), pprof.Labels("bridge", t.Name()), func(context.Context) {
+		defer close(d)
+		bridge(gwDown.ch, gwDown.reqs, gwUp.ch, gwUp.reqs, toVPS, toClient)
+	})
+	return client, vps, d
+}
+
+// bridgeGoroutines counts the goroutines of the test's bridge (its label is
+// inherited by every goroutine it starts).
+func bridgeGoroutines(t *testing.T) int {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := pprof.Lookup("goroutine").WriteTo(&buf, 1); err != nil {
+		t.Fatal(err)
+	}
+	label := fmt.Sprintf("# labels: {%q:%q}", "bridge", t.Name())
+	n, count := 0, 0
+	for _, line := range strings.Split(buf.String(), "\n") {
+		if c, _, ok := strings.Cut(line, " @ "); ok {
+			count, _ = strconv.Atoi(c)
+		}
+		if strings.TrimSpace(line) == label {
+			n += count
+		}
+	}
+	return n
+}
+
+// roundTrip sends a line each way on the channel and reads it on the other
+// side: after it, every goroutine of the bridge has started.
+func roundTrip(t *testing.T, client, vps gossh.Channel) {
+	t.Helper()
+	for _, e := range []struct{ src, dst gossh.Channel }{{client, vps}, {vps, client}} {
+		if _, err := e.src.Write([]byte("ping\n")); err != nil {
+			t.Fatal(err)
+		}
+		got := within(t, "round trip", func() string {
+			b := make([]byte, 5)
+			if _, err := io.ReadFull(e.dst, b); err != nil {
+				return err.Error()
+			}
+			return string(b)
+		})
+		if got != "ping\n" {
+			t.Fatalf("round trip: got %q", got)
+		}
+	}
+}
+
+// readAllWithin reads r to EOF, failing the test if that takes more than
+// the hang timeout.
+func readAllWithin(t *testing.T, what string, r io.Reader) string {
+	t.Helper()
+	return string(within(t, what, func() []byte {
+		b, err := io.ReadAll(r)
+		if err != nil {
+			t.Errorf("%s: %v", what, err)
+		}
+		return b
+	}))
+}
+
+// TestBridgeSessionStderrIsLive: a session's VPS side sends stderr that the
+// client must see at once, while stdout is still open (a prompt on stderr,
+// a progress bar); the client's extended data, which no sshd reads, is
+// still relayed, after the client's stdin.
+func TestBridgeSessionStderrIsLive(t *testing.T) {
+	client, vps, done := bridged(t, "session")
+	// The client's data is held until its session starts.
+	if _, err := client.ch.SendRequest("shell", false, nil); err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(t, client.ch, vps.ch)
+	// Two halves, each with its data copy; stderr has its own copy only
+	// toward the client.
+	if n := bridgeGoroutines(t); n != 5 {
+		t.Errorf("a session's bridge runs %d goroutines, want 5", n)
+	}
+
+	// The VPS's stderr reaches the client while its stdout stays open: with
+	// the copy after the data this would wait for EOF, which never comes.
+	if _, err := vps.ch.Stderr().Write([]byte("password: ")); err != nil {
+		t.Fatal(err)
+	}
+	got := within(t, "stderr while stdout is open", func() string {
+		b := make([]byte, len("password: "))
+		if _, err := io.ReadFull(client.ch.Stderr(), b); err != nil {
+			return err.Error()
+		}
+		return string(b)
+	})
+	if got != "password: " {
+		t.Fatalf("client's stderr got %q", got)
+	}
+
+	// The client's data and extended data both arrive in full.
+	in, inErr := randomText(t, 300<<10), randomText(t, 200<<10)
+	go func() {
+		_, _ = client.ch.Stderr().Write([]byte(inErr))
+		_, _ = client.ch.Write([]byte(in))
+		_ = client.ch.CloseWrite()
+	}()
+	if got := readAllWithin(t, "VPS stdin", vps.ch); got != in {
+		t.Fatalf("VPS stdin: %d bytes, want %d, equal %v", len(got), len(in), got == in)
+	}
+	if got := readAllWithin(t, "VPS extended data", vps.ch.Stderr()); got != inErr {
+		t.Fatalf("VPS extended data: %d bytes, want %d", len(got), len(inErr))
+	}
+
+	out, outErr := randomText(t, 100<<10), randomText(t, 100<<10)
+	go func() {
+		_, _ = vps.ch.Write([]byte(out))
+		_, _ = vps.ch.Stderr().Write([]byte(outErr))
+		_ = vps.ch.CloseWrite()
+		_ = vps.ch.Close()
+	}()
+	errc := make(chan string, 1)
+	go func() { b, _ := io.ReadAll(client.ch.Stderr()); errc <- string(b) }()
+	if got := readAllWithin(t, "client stdout", client.ch); got != out {
+		t.Fatalf("client stdout: %d bytes, want %d", len(got), len(out))
+	}
+	if got := within(t, "client stderr", func() string { return <-errc }); got != outErr {
+		t.Fatalf("client stderr: %d bytes, want %d", len(got), len(outErr))
+	}
+	_ = client.ch.Close()
+	within(t, "bridge to return", func() struct{} { <-done; return struct{}{} })
+}
+
+// TestBridgeExtendedDataAfterData: on channels where neither side expects
+// extended data (forwarded connections), both directions copy it after the
+// data, and every byte of both still arrives, before EOF.
+func TestBridgeExtendedDataAfterData(t *testing.T) {
+	client, vps, done := bridged(t, "direct-tcpip")
+	roundTrip(t, client.ch, vps.ch)
+	if n := bridgeGoroutines(t); n != 4 {
+		t.Errorf("a forwarded connection's bridge runs %d goroutines, want 4", n)
+	}
+	type end struct {
+		name string
+		src  gossh.Channel
+		dst  gossh.Channel
+	}
+	for _, e := range []end{{"client to VPS", client.ch, vps.ch}, {"VPS to client", vps.ch, client.ch}} {
+		data, ext := randomText(t, 256<<10), randomText(t, 64<<10)
+		go func() {
+			_, _ = e.src.Stderr().Write([]byte(ext[:len(ext)/2]))
+			_, _ = e.src.Write([]byte(data))
+			_, _ = e.src.Stderr().Write([]byte(ext[len(ext)/2:]))
+			_ = e.src.CloseWrite()
+		}()
+		if got := readAllWithin(t, e.name+" data", e.dst); got != data {
+			t.Fatalf("%s data: %d bytes, want %d", e.name, len(got), len(data))
+		}
+		if got := readAllWithin(t, e.name+" extended data", e.dst.Stderr()); got != ext {
+			t.Fatalf("%s extended data: %d bytes, want %d", e.name, len(got), len(ext))
+		}
+	}
+	_ = client.ch.Close()
+	_ = vps.ch.Close()
+	within(t, "bridge to return", func() struct{} { <-done; return struct{}{} })
+}
+
+// randomText is n printable random bytes.
+func randomText(t *testing.T, n int) string {
+	t.Helper()
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	for i := range b {
+		b[i] = 'a' + b[i]%26
+	}
+	return string(b)
+}
