@@ -61,10 +61,18 @@ type env struct {
 
 // newEnv starts an env with one online node "n1". Close is registered
 // with tb.Cleanup.
-func newEnv(tb testing.TB) *env {
+func newEnv(tb testing.TB) *env { return newEnvWithStore(tb, nil) }
+
+// newEnvWithStore is newEnv with the Server's store wrapped by wrap (nil:
+// not wrapped); env.st is the embedded store itself.
+func newEnvWithStore(tb testing.TB, wrap func(store.Store) store.Store) *env {
 	tb.Helper()
 	dir := tb.TempDir()
 	db := openStore(tb)
+	var served store.Store = db
+	if wrap != nil {
+		served = wrap(db)
+	}
 	var err error
 	e := &env{
 		st:      db,
@@ -84,7 +92,7 @@ func newEnv(tb testing.TB) *env {
 		return s
 	})
 	e.srv, err = NewServer(Config{
-		Store: db, Agents: e.agents, ClusterToken: testClusterToken, CertAuthorityLine: e.caLine,
+		Store: served, Agents: e.agents, ClusterToken: testClusterToken, CertAuthorityLine: e.caLine,
 		GatewayHostKeys: []string{newPublicKey(tb, "")}, GatewaySSHPort: 8002, PublicHost: "gw.example",
 		Now: e.clock.now, Logger: logger,
 	})

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/kohakuriver/kohakuriver/agent/clusterauth"
@@ -89,6 +90,13 @@ type Server struct {
 	// started is when this server was built: a VPS still pending from
 	// before it was left half-created by a host that went away.
 	started time.Time
+	// owners orders VPS creation against user deletion. A create holds it
+	// shared from its check that its user still exists until the record
+	// is stored; a deletion holds it exclusively from its check that the
+	// user owns no VPS until the user is gone. Without it, a VPS stored
+	// between those two steps of a deletion would outlive its owner, whose
+	// token no longer works, with nobody but an admin able to remove it.
+	owners sync.RWMutex
 }
 
 // NewServer validates cfg and builds the API's routes.

@@ -72,6 +72,9 @@ func (srv *Server) deleteUser(w http.ResponseWriter, r *http.Request) error {
 	} else if err != nil {
 		return err
 	}
+	// No VPS of this user's may be stored from the count to the deletion.
+	srv.owners.Lock()
+	defer srv.owners.Unlock()
 	all, err := srv.st.ListVPS(ctx)
 	if err != nil {
 		return err

@@ -7,6 +7,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/kohakuriver/kohakuriver/store"
 )
 
 func TestUsers(t *testing.T) {
@@ -151,5 +154,127 @@ func TestPanicAnswered(t *testing.T) {
 	}
 	if !strings.Contains(e.logs.String(), "handler panic") {
 		t.Fatal("panic not logged")
+	}
+}
+
+// pausedStore holds the first call of the method named at until proceed
+// is closed, after telling entered.
+type pausedStore struct {
+	store.Store
+	at      string // "CreateVPS" or "Node"
+	entered chan struct{}
+	proceed chan struct{}
+}
+
+func (s *pausedStore) hold(method string) {
+	if method == s.at {
+		s.entered <- struct{}{}
+		<-s.proceed
+	}
+}
+
+func (s *pausedStore) CreateVPS(ctx context.Context, v store.VPS) (store.VPS, error) {
+	s.hold("CreateVPS")
+	return s.Store.CreateVPS(ctx, v)
+}
+
+func (s *pausedStore) Node(ctx context.Context, name string) (store.Node, error) {
+	s.hold("Node")
+	return s.Store.Node(ctx, name)
+}
+
+// TestDeleteUserDuringCreate: a user deleted while one of their VPSs is
+// being created must not leave that VPS behind without its owner. Held
+// inside the store, after its user check, the create makes the deletion
+// wait, and the deletion then refuses (the user owns a VPS by then); held
+// before that (choosing its node), the create lets the deletion through and
+// then refuses itself.
+func TestDeleteUserDuringCreate(t *testing.T) {
+	tests := []struct {
+		at                     string
+		wantCreate, wantDelete int // HTTP status; 0 = success
+		wantUser               bool
+		wantOwned              int
+	}{
+		{at: "CreateVPS", wantCreate: 0, wantDelete: http.StatusConflict, wantUser: true, wantOwned: 1},
+		{at: "Node", wantCreate: http.StatusUnauthorized, wantDelete: 0, wantUser: false, wantOwned: 0},
+	}
+	for _, tt := range tests {
+		t.Run("held in "+tt.at, func(t *testing.T) {
+			paused := &pausedStore{at: tt.at, entered: make(chan struct{}, 1), proceed: make(chan struct{})}
+			e := newEnvWithStore(t, func(st store.Store) store.Store { paused.Store = st; return paused })
+			ctx := context.Background()
+			admin := e.client("admin")
+			nu, err := admin.CreateUser(ctx, "carol", false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.addClient("carol", nu.Token)
+
+			created := make(chan error, 1)
+			go func() {
+				_, err := e.client("carol").CreateVPS(ctx, CreateVPSRequest{
+					Name: "racing", Node: "n1", KeyMode: store.KeyModeUpload, PublicKeys: []string{newPublicKey(t, "carol@laptop")},
+				})
+				created <- err
+			}()
+			select {
+			case <-paused.entered:
+			case err := <-created:
+				t.Fatalf("create returned before reaching %s: %v", tt.at, err)
+			case <-time.After(20 * time.Second):
+				t.Fatalf("create never reached %s", tt.at)
+			}
+			deleted := make(chan error, 1)
+			go func() { deleted <- admin.DeleteUser(ctx, "carol") }()
+			// Give a deletion that does not wait for the create the time
+			// to finish; one that waits stays blocked however long this is.
+			select {
+			case err := <-deleted:
+				deleted <- err
+			case <-time.After(300 * time.Millisecond):
+			}
+			close(paused.proceed)
+
+			var createErr, deleteErr error
+			for _, w := range []struct {
+				what string
+				ch   chan error
+				err  *error
+			}{{"create", created, &createErr}, {"delete", deleted, &deleteErr}} {
+				select {
+				case *w.err = <-w.ch:
+				case <-time.After(20 * time.Second):
+					t.Fatalf("%s never returned", w.what)
+				}
+			}
+			owned := 0
+			all, err := e.st.ListVPS(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, v := range all {
+				if v.Owner == "carol" {
+					owned++
+				}
+			}
+			_, userErr := e.st.User(ctx, "carol")
+			if userErr != nil && owned > 0 {
+				t.Fatalf("user deleted (%v) while the create went on (%v): %d VPS(s) left without their owner", deleteErr, createErr, owned)
+			}
+			status := func(err error) int {
+				if err == nil {
+					return 0
+				}
+				return StatusOf(err)
+			}
+			if status(createErr) != tt.wantCreate || status(deleteErr) != tt.wantDelete || (userErr == nil) != tt.wantUser || owned != tt.wantOwned {
+				t.Fatalf("create: %v; delete: %v; user: %v; carol's VPSs: %d; want create %d, delete %d, user kept %v, %d VPS(s)",
+					createErr, deleteErr, userErr, owned, tt.wantCreate, tt.wantDelete, tt.wantUser, tt.wantOwned)
+			}
+			if tt.wantCreate == http.StatusUnauthorized && !strings.Contains(createErr.Error(), "was deleted") {
+				t.Fatalf("create's refusal does not say why: %v", createErr)
+			}
+		})
 	}
 }

@@ -48,10 +48,7 @@ func (srv *Server) createVPS(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	v.Node, v.Owner, v.Status = node.Name, u.Name, store.StatusPending
-	v, err = srv.st.CreateVPS(ctx, v)
-	if errors.Is(err, store.ErrNameTaken) {
-		return errorf(http.StatusConflict, "a VPS named %q already exists; choose another name", req.Name)
-	}
+	v, err = srv.storeNewVPS(ctx, v)
 	if err != nil {
 		return err
 	}
@@ -102,6 +99,23 @@ func (srv *Server) createVPS(w http.ResponseWriter, r *http.Request) error {
 	log.Info("vps running")
 	writeJSON(w, http.StatusCreated, v)
 	return nil
+}
+
+// storeNewVPS stores v for its owner, unless the owner has been deleted
+// since the request was authenticated (see Server.owners).
+func (srv *Server) storeNewVPS(ctx context.Context, v store.VPS) (store.VPS, error) {
+	srv.owners.RLock()
+	defer srv.owners.RUnlock()
+	if _, err := srv.st.User(ctx, v.Owner); errors.Is(err, store.ErrNotFound) {
+		return v, errorf(http.StatusUnauthorized, "user %q was deleted while the VPS was being created; nothing was created", v.Owner)
+	} else if err != nil {
+		return v, err
+	}
+	stored, err := srv.st.CreateVPS(ctx, v)
+	if errors.Is(err, store.ErrNameTaken) {
+		return v, errorf(http.StatusConflict, "a VPS named %q already exists; choose another name", v.Name)
+	}
+	return stored, err
 }
 
 // validateCreate checks req and returns the VPS to store (without node,
