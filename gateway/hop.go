@@ -58,10 +58,11 @@ func (c *conn) finishHop(up *upstream, err error) {
 // bridged on a goroutine of its own and the requests are forwarded by
 // vpsRequests, whose goroutine runs only while some wait, so that a client
 // slow to answer a keepalive (a suspended ssh) holds up neither channel
-// opens nor the end of the hop, and no goroutine idles for requests that
-// sshd sends rarely if ever.
+// opens (until vpsRequestBacklog requests wait for it, as x/crypto's own
+// queue would) nor the end of the hop, and no goroutine idles for requests
+// that sshd sends rarely if ever.
 func (c *conn) relayUpstream(up *upstream) {
-	reqQueue := newVPSRequests(c)
+	reqQueue := newVPSRequests(c, up.lost)
 	// x/crypto closes both when the hop's transport ends.
 	chans, reqs := up.chans, up.reqs
 	for chans != nil || reqs != nil {

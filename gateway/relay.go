@@ -520,6 +520,10 @@ type vpsRequests struct {
 	// blocks, and with it the reading of the hop's requests: the
 	// back-pressure x/crypto's own queue of the same size gives.
 	queue chan *gossh.Request
+	// hopEnded is closed once the hop's transport has failed or ended:
+	// then a push that waits for room gives up, so that the end of the hop
+	// is seen even while the client holds up the queue.
+	hopEnded <-chan struct{}
 	// mu guards running. push sends to queue under mu; drain checks under
 	// mu that queue is empty before it stops, so a request is never left
 	// queued with no goroutine to forward it, and there is never more than
@@ -532,12 +536,13 @@ type vpsRequests struct {
 // client, as in x/crypto's queue.
 const vpsRequestBacklog = 16
 
-func newVPSRequests(c *conn) *vpsRequests {
-	return &vpsRequests{c: c, queue: make(chan *gossh.Request, vpsRequestBacklog)}
+func newVPSRequests(c *conn, hopEnded <-chan struct{}) *vpsRequests {
+	return &vpsRequests{c: c, queue: make(chan *gossh.Request, vpsRequestBacklog), hopEnded: hopEnded}
 }
 
 // push queues req for the client, starting the forwarding goroutine if none
-// runs.
+// runs. If the queue is full it waits for room, or for the hop to end, in
+// which case req is dropped: the VPS that sent it is gone.
 func (q *vpsRequests) push(req *gossh.Request) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -545,7 +550,10 @@ func (q *vpsRequests) push(req *gossh.Request) {
 		q.running = true
 		go q.drain()
 	}
-	q.queue <- req
+	select {
+	case q.queue <- req:
+	case <-q.hopEnded:
+	}
 }
 
 // drain forwards queued requests until none is left.

@@ -3,7 +3,8 @@ package gateway
 // vpsRequests between two SSH connections made in the test (the VPS's
 // sshd -> the hop, the gateway -> the client): order, replies with their
 // payload, the host key announcement kept back, no hold-up while a client
-// is slow to reply, and no goroutine left once the queue is empty.
+// is slow to reply, no goroutine left once the queue is empty, and a full
+// queue that gives way when the hop ends.
 
 import (
 	"testing"
@@ -20,7 +21,7 @@ func TestVPSRequests(t *testing.T) {
 
 	c := &conn{downReady: make(chan struct{})}
 	c.setDownstream(gwDown)
-	q := newVPSRequests(c)
+	q := newVPSRequests(c, nil)
 	pushed := make(chan string, 8)
 	go func() {
 		for req := range hopReqs {
@@ -101,5 +102,50 @@ func TestVPSRequests(t *testing.T) {
 			t.Fatal("the forwarding goroutine still runs with nothing queued")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestVPSRequestsFullQueueGivesWayAtHopEnd: a client that never answers
+// fills the queue, and the next push waits for room; when the hop ends,
+// that push returns, so relayUpstream gets to see the end of the hop.
+func TestVPSRequestsFullQueueGivesWayAtHopEnd(t *testing.T) {
+	_, clientReqs, gwDown, _ := testConnPair(t)
+	_, hopReqs, vps, _ := testConnPair(t)
+	c := &conn{downReady: make(chan struct{})}
+	c.setDownstream(gwDown)
+	hopEnded := make(chan struct{})
+	q := newVPSRequests(c, hopEnded)
+	pushed := make(chan int, 2*vpsRequestBacklog)
+	go func() {
+		n := 0
+		for req := range hopReqs {
+			q.push(req)
+			n++
+			pushed <- n
+		}
+	}()
+
+	go func() { _, _, _ = vps.SendRequest("keepalive@openssh.com", true, nil) }()
+	// Never answered: the client is suspended.
+	within(t, "the first request at the client", func() *gossh.Request { return <-clientReqs })
+	// One in flight, a full queue behind it, and one more that must wait.
+	for range vpsRequestBacklog + 1 {
+		if _, _, err := vps.SendRequest("x-more@example.com", false, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for want := 1; want <= vpsRequestBacklog+1; want++ {
+		if got := within(t, "a push", func() int { return <-pushed }); got != want {
+			t.Fatalf("push %d, want %d", got, want)
+		}
+	}
+	select {
+	case n := <-pushed:
+		t.Fatalf("push %d returned with the queue full and the client silent", n)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(hopEnded)
+	if got := within(t, "the waiting push after the hop ended", func() int { return <-pushed }); got != vpsRequestBacklog+2 {
+		t.Fatalf("push %d, want %d", got, vpsRequestBacklog+2)
 	}
 }
