@@ -49,6 +49,7 @@ type SessionResult struct {
 	EstablishSeconds  float64        `json:"establish_seconds"`
 	VerifySeconds     float64        `json:"verify_seconds"`
 	CloseSeconds      float64        `json:"close_seconds"` // until the gateway had no connection left
+	CPUPerOpenMs      float64        `json:"host_cpu_ms_per_session_opened"`
 	Errors            map[string]int `json:"errors,omitempty"`
 	ActiveConns       int            `json:"gateway_active_conns"`
 	RSSBefore         int64          `json:"rss_before_bytes"`
@@ -68,8 +69,8 @@ type SessionResult struct {
 func (s *SessionResult) print(w io.Writer) {
 	fmt.Fprintf(w, "sessions: %d requested over %d VPS(s), %d established, %d verified (a unique line echoed by cat under a pty, twice, the second time with all open)\n",
 		s.Requested, s.VPSs, s.Established, s.Verified)
-	fmt.Fprintf(w, "  open all: %.1f s, echo all: %.2f s, close all: %.1f s; gateway conns while open: %d\n",
-		s.EstablishSeconds, s.VerifySeconds, s.CloseSeconds, s.ActiveConns)
+	fmt.Fprintf(w, "  open all: %.1f s, echo all: %.2f s, close all: %.1f s; gateway conns while open: %d; host+gateway CPU %.2f ms per session opened and echoed\n",
+		s.EstablishSeconds, s.VerifySeconds, s.CloseSeconds, s.ActiveConns, s.CPUPerOpenMs)
 	fmt.Fprintf(w, "  host+gateway RSS: %.1f MiB before, %.1f MiB open, %.1f MiB after close (after runtime.GC + FreeOSMemory); left after close: %d goroutines, %.0f KiB heap\n",
 		mib(s.RSSBefore), mib(s.RSSOpen), mib(s.RSSAfterClose), s.GoroutinesAfter, s.HeapAfterCloseKiB)
 	fmt.Fprintf(w, "  per session: %.1f KiB RSS, %.1f KiB Go heap in use, %.1f KiB goroutine stacks, %.1f goroutines, %.1f fds\n",
@@ -130,7 +131,9 @@ func runSessions(ctx context.Context, e *env, o options) (SessionResult, error) 
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(cctx, exe, sessionsChildArg)
-	cmd.Env = append(os.Environ(),
+	// The clients are load, not what is measured: they run with Go's
+	// default GOGC whatever this process was given.
+	cmd.Env = append(os.Environ(), "GOGC=100",
 		envAddr+"=127.0.0.1:"+strconv.Itoa(e.gwPort), envUsers+"="+strings.Join(users, ","), envKey+"="+e.keyPath,
 		envHostKeys+"="+strings.Join(hostKeys, "\n"), envN+"="+strconv.Itoa(n), envConc+"="+strconv.Itoa(o.sessionConc))
 	stdin, err := cmd.StdinPipe()
@@ -144,6 +147,10 @@ func runSessions(ctx context.Context, e *env, o options) (SessionResult, error) 
 	childErr := &lockedBuffer{}
 	cmd.Stderr = childErr
 	fmt.Printf("sessions: opening %d pty sessions running cat through the gateway into %d VPS(s) (%d at a time)...\n", n, len(users), o.sessionConc)
+	cpu0, _, err := procCPU()
+	if err != nil {
+		return res, err
+	}
 	if err := cmd.Start(); err != nil {
 		return res, err
 	}
@@ -166,6 +173,10 @@ func runSessions(ctx context.Context, e *env, o options) (SessionResult, error) 
 	res.Established, res.Verified = rep.Established, rep.Verified
 	res.EstablishSeconds, res.VerifySeconds, res.Errors = rep.EstablishSeconds, rep.VerifySeconds, rep.Errors
 
+	cpu1, _, err := procCPU()
+	if err != nil {
+		return res, err
+	}
 	res.ActiveConns = gw.ActiveConns()
 	rss1, ms1 := settledRSS()
 	g1, fd1 := runtime.NumGoroutine(), openFDs()
@@ -176,6 +187,7 @@ func runSessions(ctx context.Context, e *env, o options) (SessionResult, error) 
 		res.HeapPerSession = (float64(ms1.HeapInuse) - float64(ms0.HeapInuse)) / 1024 / float64(k)
 		res.StackPerSession = (float64(ms1.StackInuse) - float64(ms0.StackInuse)) / 1024 / float64(k)
 		res.GoroutinesPer = float64(g1-g0) / float64(k)
+		res.CPUPerOpenMs = (cpu1 - cpu0) * 1000 / float64(k)
 		res.FDsPer = float64(fd1-fd0) / float64(k)
 		if vps0.ok && vps1.ok {
 			res.VPSMemPerSession = float64(vps1.mem-vps0.mem) / 1024 / float64(k)
