@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	gossh "golang.org/x/crypto/ssh"
 )
@@ -27,11 +28,19 @@ type channelEnd struct {
 	reqs <-chan *gossh.Request
 }
 
-// testConnPair makes an SSH connection on loopback: a client and a server
-// end, with the client's incoming global requests and the server's
-// incoming channels. The server's incoming global requests are refused, as
-// are channels opened toward the client.
-func testConnPair(t *testing.T) (client gossh.Conn, clientReqs <-chan *gossh.Request, server *gossh.ServerConn, serverChans <-chan gossh.NewChannel) {
+// testConn is an SSH connection on loopback made by testConnPair: the
+// client end with the channels and global requests the server sends it, and
+// the server end with the channels the client opens. The server's incoming
+// global requests are refused.
+type testConn struct {
+	client      gossh.Conn
+	clientChans <-chan gossh.NewChannel
+	clientReqs  <-chan *gossh.Request
+	server      *gossh.ServerConn
+	serverChans <-chan gossh.NewChannel
+}
+
+func testConnPair(t *testing.T) testConn {
 	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -77,25 +86,22 @@ func testConnPair(t *testing.T) (client gossh.Conn, clientReqs <-chan *gossh.Req
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() {
-		for nc := range cchans {
-			_ = nc.Reject(gossh.Prohibited, "test")
-		}
-	}()
 	srv := <-srvDone
 	if srv.err != nil {
 		t.Fatal(srv.err)
 	}
 	t.Cleanup(func() { cc.Close(); srv.conn.Close() })
-	return cc, creqs, srv.conn, srv.chans
+	return testConn{client: cc, clientChans: cchans, clientReqs: creqs, server: srv.conn, serverChans: srv.chans}
 }
 
 // openTestChannel opens a channel of the given type over a testConnPair
 // and returns both ends.
 func openTestChannel(t *testing.T, kind string) (opener, accepter channelEnd) {
 	t.Helper()
-	cc, creqs, _, srvChans := testConnPair(t)
-	go gossh.DiscardRequests(creqs)
+	tc := testConnPair(t)
+	cc, srvChans := tc.client, tc.serverChans
+	go gossh.DiscardRequests(tc.clientReqs)
+	go rejectChannels(tc.clientChans)
 	accepted := make(chan channelEnd, 1)
 	go func() {
 		nc := <-srvChans
@@ -121,13 +127,11 @@ func openTestChannel(t *testing.T, kind string) (opener, accepter channelEnd) {
 // bridge between the gateway's two ends, with the taps openPair would give
 // it; it returns the client's and the VPS's ends and a channel closed when
 // bridge returned. The bridge's goroutines carry a profiler label, for
-// bridgeGoroutines.
+// bridgeGoroutines. The caller reads the requests arriving at either end.
 func bridged(t *testing.T, kind string) (client, vps channelEnd, done <-chan struct{}) {
 	t.Helper()
 	client, gwDown := openTestChannel(t, kind)
 	gwUp, vps := openTestChannel(t, kind)
-	go gossh.DiscardRequests(client.reqs)
-	go gossh.DiscardRequests(vps.reqs)
 	toVPS, toClient := pairTaps(kind == "session")
 	d := make(chan struct{})
 	go pprof.Do(context.Background(), pprof.Labels("bridge", t.Name()), func(context.Context) {
@@ -135,6 +139,21 @@ func bridged(t *testing.T, kind string) (client, vps channelEnd, done <-chan str
 		bridge(gwDown.ch, gwDown.reqs, gwUp.ch, gwUp.reqs, toVPS, toClient)
 	})
 	return client, vps, d
+}
+
+// settledBridgeGoroutines waits until the test's bridge runs want
+// goroutines (a queue's goroutine may still be finishing what it sent) and
+// returns the count, which differs from want only if it never got there.
+func settledBridgeGoroutines(t *testing.T, want int) int {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n := bridgeGoroutines(t)
+		if n == want || time.Now().After(deadline) {
+			return n
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // bridgeGoroutines counts the goroutines of the test's bridge (its label is
@@ -198,15 +217,17 @@ func readAllWithin(t *testing.T, what string, r io.Reader) string {
 // still relayed, after the client's stdin.
 func TestBridgeSessionStderrIsLive(t *testing.T) {
 	client, vps, done := bridged(t, "session")
+	go gossh.DiscardRequests(client.reqs)
+	go gossh.DiscardRequests(vps.reqs)
 	// The client's data is held until its session starts.
 	if _, err := client.ch.SendRequest("shell", false, nil); err != nil {
 		t.Fatal(err)
 	}
 	roundTrip(t, client.ch, vps.ch)
-	// Two halves, each with its data copy; stderr has its own copy only
-	// toward the client.
-	if n := bridgeGoroutines(t); n != 5 {
-		t.Errorf("a session's bridge runs %d goroutines, want 5", n)
+	// The loop of both halves, a data copy each way, and a stderr copy
+	// of its own only toward the client.
+	if n := settledBridgeGoroutines(t, 4); n != 4 {
+		t.Errorf("a session's bridge runs %d goroutines, want 4", n)
 	}
 
 	// The VPS's stderr reaches the client while its stdout stays open: with
@@ -263,9 +284,11 @@ func TestBridgeSessionStderrIsLive(t *testing.T) {
 // data, and every byte of both still arrives, before EOF.
 func TestBridgeExtendedDataAfterData(t *testing.T) {
 	client, vps, done := bridged(t, "direct-tcpip")
+	go gossh.DiscardRequests(client.reqs)
+	go gossh.DiscardRequests(vps.reqs)
 	roundTrip(t, client.ch, vps.ch)
-	if n := bridgeGoroutines(t); n != 4 {
-		t.Errorf("a forwarded connection's bridge runs %d goroutines, want 4", n)
+	if n := settledBridgeGoroutines(t, 3); n != 3 {
+		t.Errorf("a forwarded connection's bridge runs %d goroutines, want 3", n)
 	}
 	type end struct {
 		name string
@@ -287,6 +310,55 @@ func TestBridgeExtendedDataAfterData(t *testing.T) {
 			t.Fatalf("%s extended data: %d bytes, want %d", e.name, len(got), len(ext))
 		}
 	}
+	_ = client.ch.Close()
+	_ = vps.ch.Close()
+	within(t, "bridge to return", func() struct{} { <-done; return struct{}{} })
+}
+
+// TestBridgeDirectionsIndependent: a request waiting for its reply holds up
+// only its own direction. The VPS's keepalive waits on a client that does
+// not answer yet; the client's requests still reach the VPS meanwhile, and
+// the replies come back to whoever asked.
+func TestBridgeDirectionsIndependent(t *testing.T) {
+	client, vps, done := bridged(t, "session")
+	keepalive := make(chan bool, 1)
+	go func() {
+		ok, _ := vps.ch.SendRequest("keepalive@openssh.com", true, nil)
+		keepalive <- ok
+	}()
+	held := within(t, "the keepalive at the client", func() *gossh.Request { return <-client.reqs })
+	if held.Type != "keepalive@openssh.com" {
+		t.Fatalf("client got %s", held.Type)
+	}
+	for _, kind := range []string{"window-change", "shell"} {
+		want := kind == "shell"
+		answered := make(chan bool, 1)
+		go func() {
+			ok, _ := client.ch.SendRequest(kind, want, nil)
+			answered <- ok
+		}()
+		req := within(t, kind+" at the VPS while the keepalive waits", func() *gossh.Request { return <-vps.reqs })
+		if req.Type != kind {
+			t.Fatalf("VPS got %s, want %s", req.Type, kind)
+		}
+		if want {
+			_ = req.Reply(true, nil)
+			if !within(t, "the shell's reply at the client", func() bool { return <-answered }) {
+				t.Fatal("the client's shell request was refused")
+			}
+		}
+	}
+	select {
+	case ok := <-keepalive:
+		t.Fatalf("the keepalive was answered (%v) before the client answered it", ok)
+	default:
+	}
+	_ = held.Reply(true, nil)
+	if !within(t, "the keepalive's reply at the VPS", func() bool { return <-keepalive }) {
+		t.Fatal("the client's yes reached the VPS as a no")
+	}
+	go gossh.DiscardRequests(client.reqs)
+	go gossh.DiscardRequests(vps.reqs)
 	_ = client.ch.Close()
 	_ = vps.ch.Close()
 	within(t, "bridge to return", func() struct{} { <-done; return struct{}{} })

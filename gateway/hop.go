@@ -52,38 +52,50 @@ func (c *conn) finishHop(up *upstream, err error) {
 	go c.relayUpstream(up)
 }
 
-// relayUpstream relays what the VPS starts, the channels it opens and its
-// global requests, until the hop ends; then it lets the open channels drain
-// to the client and closes the downstream connection. Each channel is
-// bridged on a goroutine of its own and the requests are forwarded by
-// vpsRequests, whose goroutine runs only while some wait, so that a client
-// slow to answer a keepalive (a suspended ssh) holds up neither channel
-// opens (until vpsRequestBacklog requests wait for it, as x/crypto's own
-// queue would) nor the end of the hop, and no goroutine idles for requests
-// that sshd sends rarely if ever.
+// relayUpstream relays what the VPS starts (see relayFromVPS) until the
+// hop ends; then it lets the open channels drain to the client and closes
+// the downstream connection.
 func (c *conn) relayUpstream(up *upstream) {
-	reqQueue := newVPSRequests(c, up.lost)
-	// x/crypto closes both when the hop's transport ends.
-	chans, reqs := up.chans, up.reqs
-	for chans != nil || reqs != nil {
+	relayFromVPS(up.chans, up.reqs, c.openFromVPS, c.forwardFromVPS)
+	err := up.client.Wait()
+	c.waitPipes(5 * time.Second)
+	c.close(fmt.Errorf("vps connection ended: %w", err))
+}
+
+// relayFromVPS takes what the VPS starts, channels and global requests,
+// until chans is closed (x/crypto closes it, and reqs, when the hop's
+// transport ends). Each channel is opened on a goroutine of its own; the
+// requests are forwarded one at a time, in order, on a serialQueue, so that
+// a client slow to answer a keepalive (a suspended ssh) holds up neither
+// channel opens nor the end of the hop, and no goroutine idles for
+// requests that sshd sends rarely if ever (its host keys once, keepalives if
+// configured). While maxQueuedRequests wait, no more are taken, and
+// x/crypto's own queue pushes back on the VPS.
+func relayFromVPS(chans <-chan gossh.NewChannel, reqs <-chan *gossh.Request, open func(gossh.NewChannel), forward func(*gossh.Request)) {
+	out := newSerialQueue()
+	for chans != nil {
+		take := reqs
+		if out.pending() >= maxQueuedRequests {
+			take = nil
+		}
 		select {
 		case nc, ok := <-chans:
 			if !ok {
+				// The hop ended: requests not taken yet can no longer be
+				// answered.
 				chans = nil
 				continue
 			}
-			go c.openFromVPS(nc)
-		case req, ok := <-reqs:
+			go open(nc)
+		case req, ok := <-take:
 			if !ok {
 				reqs = nil
 				continue
 			}
-			reqQueue.push(req)
+			out.push(func() { forward(req) })
+		case <-out.done:
 		}
 	}
-	err := up.client.Wait()
-	c.waitPipes(5 * time.Second)
-	c.close(fmt.Errorf("vps connection ended: %w", err))
 }
 
 // lossConn wraps the hop's byte stream and closes lost when a read fails:

@@ -1,0 +1,65 @@
+package gateway
+
+import "sync"
+
+// serialQueue runs functions one at a time, in the order they were pushed,
+// on a goroutine that exists only while some are waiting. The relay sends
+// what a peer must see in order (requests, EOF, CLOSE) through one, so that
+// waiting for a reply blocks neither the goroutine that decides what to
+// send nor anything else, and costs no goroutine while nothing is sent:
+// most channels and connections sit idle for most of their life.
+type serialQueue struct {
+	mu      sync.Mutex
+	queue   []func() // pushed, not started
+	running bool     // a goroutine runs queue
+	waiting int      // pushed, not finished
+	// done gets a token (if it has none) each time a function has
+	// finished: a caller that stopped pushing while pending was high
+	// selects on it to look again.
+	done chan struct{}
+}
+
+func newSerialQueue() *serialQueue { return &serialQueue{done: make(chan struct{}, 1)} }
+
+// push queues f, starting the goroutine if none runs.
+func (q *serialQueue) push(f func()) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.queue = append(q.queue, f)
+	q.waiting++
+	if !q.running {
+		q.running = true
+		go q.run()
+	}
+}
+
+// pending is how many pushed functions have not finished.
+func (q *serialQueue) pending() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.waiting
+}
+
+func (q *serialQueue) run() {
+	for {
+		q.mu.Lock()
+		if len(q.queue) == 0 {
+			q.running = false
+			q.queue = nil // let a burst's backing array go
+			q.mu.Unlock()
+			return
+		}
+		f := q.queue[0]
+		q.queue[0] = nil
+		q.queue = q.queue[1:]
+		q.mu.Unlock()
+		f()
+		q.mu.Lock()
+		q.waiting--
+		q.mu.Unlock()
+		select {
+		case q.done <- struct{}{}:
+		default:
+		}
+	}
+}
