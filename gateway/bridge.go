@@ -73,12 +73,12 @@ func bridge(down gossh.Channel, downReqs <-chan *gossh.Request, up gossh.Channel
 	a, b := newHalf(down, downReqs, up, toVPS), newHalf(up, upReqs, down, toClient)
 	for !a.closing || !b.closing {
 		select {
-		case req, ok := <-a.reqsToTake():
+		case req, ok := <-takeIfRoom(a.out, a.reqs):
 			a.request(req, ok)
 		case <-a.data:
 			a.dataEnded()
 		case <-a.out.done:
-		case req, ok := <-b.reqsToTake():
+		case req, ok := <-takeIfRoom(b.out, b.reqs):
 			b.request(req, ok)
 		case <-b.data:
 			b.dataEnded()
@@ -89,17 +89,12 @@ func bridge(down gossh.Channel, downReqs <-chan *gossh.Request, up gossh.Channel
 	<-b.closed
 }
 
-// maxQueuedRequests is how many of a half's requests may wait to be
-// forwarded before bridge stops taking more (x/crypto's own queue of
-// incoming requests has the same size).
-const maxQueuedRequests = 16
-
 // half is one direction of a channel pair: src's data, requests, EOF and
 // CLOSE, relayed to dst. Its fields are the bridge loop's, except where
 // noted.
 type half struct {
-	src, dst gossh.Channel
-	t        tap
+	dst gossh.Channel
+	t   tap
 	// reqs is src's requests, nil once closed.
 	reqs <-chan *gossh.Request
 	// data is closed when the copies of src's data and extended data have
@@ -120,7 +115,7 @@ type half struct {
 // newHalf starts the copies of src's data to dst (once started, see
 // tap.holdDataUntilStart) and returns the half for bridge to drive.
 func newHalf(src gossh.Channel, srcReqs <-chan *gossh.Request, dst gossh.Channel, t tap) *half {
-	h := &half{src: src, dst: dst, t: t, reqs: srcReqs, out: newSerialQueue(), closed: make(chan struct{})}
+	h := &half{dst: dst, t: t, reqs: srcReqs, out: newSerialQueue(), closed: make(chan struct{})}
 	var stdout, stderr io.Reader = src, src.Stderr()
 	if t.data != nil {
 		stdout, stderr = io.TeeReader(stdout, t.data), io.TeeReader(stderr, t.data)
@@ -147,15 +142,6 @@ func newHalf(src gossh.Channel, srcReqs <-chan *gossh.Request, dst gossh.Channel
 		wg.Wait()
 	}()
 	return h
-}
-
-// reqsToTake is reqs while fewer than maxQueuedRequests wait in out, else
-// nil (a select case that never fires).
-func (h *half) reqsToTake() <-chan *gossh.Request {
-	if h.out.pending() >= maxQueuedRequests {
-		return nil
-	}
-	return h.reqs
 }
 
 // request takes one of src's requests, or notes that src closed (ok false).

@@ -74,10 +74,6 @@ func (c *conn) relayUpstream(up *upstream) {
 func relayFromVPS(chans <-chan gossh.NewChannel, reqs <-chan *gossh.Request, open func(gossh.NewChannel), forward func(*gossh.Request)) {
 	out := newSerialQueue()
 	for chans != nil {
-		take := reqs
-		if out.pending() >= maxQueuedRequests {
-			take = nil
-		}
 		select {
 		case nc, ok := <-chans:
 			if !ok {
@@ -87,7 +83,7 @@ func relayFromVPS(chans <-chan gossh.NewChannel, reqs <-chan *gossh.Request, ope
 				continue
 			}
 			go open(nc)
-		case req, ok := <-take:
+		case req, ok := <-takeIfRoom(out, reqs):
 			if !ok {
 				reqs = nil
 				continue

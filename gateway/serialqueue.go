@@ -63,3 +63,19 @@ func (q *serialQueue) run() {
 		}
 	}
 }
+
+// maxQueuedRequests is how many requests a relay loop lets wait in a
+// serialQueue before it stops taking more from their source (x/crypto's
+// own queues of incoming requests have the same size, so the peer meets the
+// back-pressure it would meet with a reader that blocked).
+const maxQueuedRequests = 16
+
+// takeIfRoom is src while fewer than maxQueuedRequests functions are
+// pending in q, else nil: a select case that cannot fire. A loop that
+// selects on it also selects on q.done, to look again once one finished.
+func takeIfRoom[T any](q *serialQueue, src <-chan T) <-chan T {
+	if q.pending() >= maxQueuedRequests {
+		return nil
+	}
+	return src
+}
