@@ -40,16 +40,23 @@ type testConn struct {
 	serverChans <-chan gossh.NewChannel
 }
 
-func testConnPair(t *testing.T) testConn {
-	t.Helper()
+// newHostSigner is a fresh ed25519 host key for a server made in a test.
+func newHostSigner(tb testing.TB) gossh.Signer {
+	tb.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	hostKey, err := gossh.NewSignerFromKey(priv)
+	signer, err := gossh.NewSignerFromKey(priv)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
+	return signer
+}
+
+func testConnPair(t *testing.T) testConn {
+	t.Helper()
+	hostKey := newHostSigner(t)
 	srvCfg := &gossh.ServerConfig{NoClientAuth: true}
 	srvCfg.AddHostKey(hostKey)
 	// Loopback TCP, not net.Pipe: both sides write their version string

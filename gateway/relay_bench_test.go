@@ -15,7 +15,6 @@ package gateway
 
 import (
 	"bytes"
-	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
@@ -143,14 +142,7 @@ func benchClientConfig(g *testGateway, key userKey, user string) *gossh.ClientCo
 // reads its stdin to EOF, then exits 0.
 func (g *testGateway) addSinkVPS(b *testing.B, name string, keys ...userKey) store.VPS {
 	b.Helper()
-	_, hostPriv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		b.Fatal(err)
-	}
-	hostSigner, err := gossh.NewSignerFromKey(hostPriv)
-	if err != nil {
-		b.Fatal(err)
-	}
+	hostSigner := newHostSigner(b)
 	ca := g.ca.PublicKey().Marshal()
 	checker := &gossh.CertChecker{IsUserAuthority: func(k gossh.PublicKey) bool { return bytes.Equal(k.Marshal(), ca) }}
 	cfg := &gossh.ServerConfig{PublicKeyCallback: checker.Authenticate}
