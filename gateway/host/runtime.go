@@ -36,22 +36,33 @@ const DefaultGCPercent = 100
 // A host with few sessions has a live heap of a few MiB, so at GOGC 200 a
 // bulk transfer triggered a collection every ten MiB or so relayed, more
 // than a hundred per GiB, each marking the whole heap and every stack.
-// With this floor the collector runs about a tenth as often while the heap
-// is small: the gateway's CPU per GiB relayed, net of the bench's data
-// generator, fell from 1.62 to 1.30 core-s (gateway/bench, two interleaved
-// runs each, base GOGC 200 then).
+// With a floor of 64 MiB the collector ran about a tenth as often while the
+// heap was small: the gateway's CPU per GiB relayed, net of the bench's
+// data generator, fell from 1.62 to 1.30 core-s (gateway/bench, two
+// interleaved runs each, base GOGC 200 then).
+//
+// The floor is also memory the transfer touches for the first time: the
+// heap grows by it when a transfer starts, and endHeadroom hands it back
+// afterwards, so every transfer page-faults it in again. Where page faults
+// are dear that is most of the difference between floors: on a VM that
+// took 16 µs per fault (measured: touch, MADV_DONTNEED, touch again) a
+// 1 GiB upload through the gateway faulted about 20,000 pages at 64 MiB,
+// and 32 MiB cost 1.76–2.13 core-s per GiB against 2.06–2.81 at 64 (four
+// interleaved 2-round runs each; 16 MiB 1.93–2.26, 8 MiB 2.38–2.45, where
+// the extra collections win again). Halving it also halves what a
+// transfer holds resident.
 //
 // The floor applies only after a cycle whose allocation was mostly
 // x/crypto's per-packet buffers (large objects, which get spans of their
 // own and so never strand small objects). Applied to the small objects of
 // session set-up too, it scattered the long-lived ones over mostly free
 // spans: 150 KiB of RSS per session at 2,000 sessions against 125.
-const HeapHeadroom = 64 << 20
+const HeapHeadroom = 32 << 20
 
 // bulkLinger is how long the headroom outlasts the last collection that
 // found bulk allocation; then the garbage goes back to the OS (see
 // endHeadroom). The relay allocates about 1.25 bytes per byte relayed, so
-// with the headroom a transfer faster than about 30 MB/s runs a collection
+// with the headroom a transfer faster than about 13 MB/s runs a collection
 // at least every two seconds and keeps it; a slower one alternates between
 // the two settings, at the cost of a forced collection of a small heap
 // every few seconds, and hardly needs the headroom anyway.
