@@ -41,6 +41,12 @@ type uploadResult struct {
 	// whole path's cost (ssh, sshd, docker-proxy, gateway, and whatever
 	// else ran meanwhile).
 	MachineCPUPerGiB float64 `json:"machine_cpu_core_s_per_gib"`
+	// FaultsPerGiB and SwitchesPerGiB are this process's minor page faults
+	// and context switches (voluntary and not, all threads) per GiB: where
+	// the kernel's work is dear (a VM's page faults, wake-ups), they explain
+	// CPU that the profile only shows as slow memmoves and syscalls.
+	FaultsPerGiB   float64 `json:"page_faults_per_gib"`
+	SwitchesPerGiB float64 `json:"context_switches_per_gib"`
 }
 
 // upload streams size bytes into `cat > /dev/null` in the VPS through path
@@ -78,6 +84,10 @@ func upload(ctx context.Context, e *env, cfg string, p path, size int64) (upload
 	if err != nil {
 		return uploadResult{}, err
 	}
+	ru0, err := selfRusage()
+	if err != nil {
+		return uploadResult{}, err
+	}
 	err = cmd.Start()
 	pr.Close() // ssh has its own copy
 	if err != nil {
@@ -110,6 +120,10 @@ func upload(ctx context.Context, e *env, cfg string, p path, size int64) (upload
 		cerr = aerr
 	}
 	busy1, berr := machineBusy()
+	ru1, rerr := selfRusage()
+	if berr == nil {
+		berr = rerr
+	}
 	switch {
 	case err != nil:
 		return uploadResult{}, fmt.Errorf("upload via %s: %w: %s", p.name, err, strings.TrimSpace(errb.String()))
@@ -133,6 +147,8 @@ func upload(ctx context.Context, e *env, cfg string, p path, size int64) (upload
 		AgentCPUPerGiB: (agent1 - agent0) / gib,
 
 		MachineCPUPerGiB: (busy1 - busy0) / gib,
+		FaultsPerGiB:     float64(ru1.Minflt-ru0.Minflt) / gib,
+		SwitchesPerGiB:   float64(ru1.Nvcsw+ru1.Nivcsw-ru0.Nvcsw-ru0.Nivcsw) / gib,
 	}, nil
 }
 
@@ -196,8 +212,8 @@ func runRounds(ctx context.Context, e *env, o options, res *Results) error {
 					fmt.Fprintf(&line, " %s %.0f", p.name, u.MBps)
 				}
 				cu := rd.Upload[c.name]["C"]
-				fmt.Fprintf(&line, " (C: bench process %.2f core-s/GiB, %.0f%% sys; machine A %.1f B %.1f C %.1f)", cu.CPUPerGiB,
-					100*cu.SysSeconds/max(cu.CPUSeconds, 0.01), rd.Upload[c.name]["A"].MachineCPUPerGiB,
+				fmt.Fprintf(&line, " (C: bench process %.2f core-s/GiB, %.0f%% sys, %.0fk faults, %.0fk switches; machine A %.1f B %.1f C %.1f)", cu.CPUPerGiB,
+					100*cu.SysSeconds/max(cu.CPUSeconds, 0.01), cu.FaultsPerGiB/1000, cu.SwitchesPerGiB/1000, rd.Upload[c.name]["A"].MachineCPUPerGiB,
 					rd.Upload[c.name]["B"].MachineCPUPerGiB, cu.MachineCPUPerGiB)
 			}
 		}
@@ -244,6 +260,13 @@ func procCPUOf(pid string) (total, sys float64, err error) {
 		return 0, 0, errors.New("/proc/self/stat: bad utime/stime")
 	}
 	return float64(ut+st) / clockTicks, float64(st) / clockTicks, nil
+}
+
+// selfRusage is getrusage(2) for this process, all threads.
+func selfRusage() (syscall.Rusage, error) {
+	var ru syscall.Rusage
+	err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return ru, err
 }
 
 // machineBusy returns the CPU seconds all CPUs spent busy since boot: the

@@ -159,6 +159,22 @@ func (r *Results) summarize() {
 		arow.CA, arow.CB = nil, nil
 		arow.Target, arow.Met = "-", "-"
 		r.Summary = append(r.Summary, arow)
+		// The kernel's share, as counts: on A and B the generator's alone.
+		for _, k := range []struct {
+			measure string
+			field   func(uploadResult) float64
+		}{
+			{"bench process page faults per GiB (C: host + gateway + generator)", func(u uploadResult) float64 { return u.FaultsPerGiB }},
+			{"bench process context switches per GiB (likewise)", func(u uploadResult) float64 { return u.SwitchesPerGiB }},
+		} {
+			pooled := func(p string) []float64 {
+				return append(upload(cipherDefault, p, k.field), upload(cipherGCM, p, k.field)...)
+			}
+			krow := row(k.measure, "count/GiB", pooled("A"), pooled("B"), pooled("C"))
+			krow.CA, krow.CB = nil, nil
+			krow.Target, krow.Met = "-", "-"
+			r.Summary = append(r.Summary, krow)
+		}
 		mach := func(p string) []float64 {
 			field := func(u uploadResult) float64 { return u.MachineCPUPerGiB }
 			return append(upload(cipherDefault, p, field), upload(cipherGCM, p, field)...)
@@ -227,8 +243,11 @@ func (r *Results) printTable(w io.Writer) {
 	}
 	for _, rw := range r.Summary {
 		prec := 1
-		if rw.Unit == "core-s/GiB" || rw.Unit == "ratio" {
+		switch rw.Unit {
+		case "core-s/GiB", "ratio":
 			prec = 3
+		case "count/GiB":
+			prec = 0
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", rw.Measure, rw.Unit,
 			f(rw.A, prec), f(rw.B, prec), f(rw.C, prec), f(rw.CA, 3), f(rw.CB, 3), rw.Target, rw.Met)
