@@ -49,8 +49,8 @@ const DefaultGCPercent = 100
 // 1 GiB upload through the gateway faulted about 20,000 pages at 64 MiB,
 // and 32 MiB cost 1.76–2.13 core-s per GiB against 2.06–2.81 at 64 (four
 // interleaved 2-round runs each; 16 MiB 1.93–2.26, 8 MiB 2.38–2.45, where
-// the extra collections win again). Halving it also halves what a
-// transfer holds resident.
+// the extra collections cost more than the faults save). Halving it also
+// halves what a transfer holds resident.
 //
 // The floor applies only after a cycle whose allocation was mostly
 // x/crypto's per-packet buffers (large objects, which get spans of their
