@@ -12,7 +12,7 @@ test:
 image:
     bash testdata/vpsimage/build.sh
 
-# Benchmarks against OpenSSH, side by side (about 30 minutes; see gateway/bench/README.md).
+# Benchmarks against OpenSSH, side by side (5 to 12 minutes on a quiet machine; see gateway/bench/README.md).
 bench:
     go run ./gateway/bench -rounds 5 -size 1G -sessions 2000 -json /tmp/kohakuriver-bench.json
 
