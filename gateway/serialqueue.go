@@ -41,14 +41,8 @@ func (q *serialQueue) pending() int {
 }
 
 func (q *serialQueue) run() {
-	for {
-		q.mu.Lock()
-		if len(q.queue) == 0 {
-			q.running = false
-			q.queue = nil // let a burst's backing array go
-			q.mu.Unlock()
-			return
-		}
+	q.mu.Lock()
+	for len(q.queue) > 0 {
 		f := q.queue[0]
 		q.queue[0] = nil
 		q.queue = q.queue[1:]
@@ -56,12 +50,14 @@ func (q *serialQueue) run() {
 		f()
 		q.mu.Lock()
 		q.waiting--
-		q.mu.Unlock()
 		select {
 		case q.done <- struct{}{}:
 		default:
 		}
 	}
+	q.running = false
+	q.queue = nil // let a burst's backing array go
+	q.mu.Unlock()
 }
 
 // maxQueuedRequests is how many requests a relay loop lets wait in a
