@@ -138,13 +138,14 @@ func (r *Results) summarize() {
 		rw.Target, rw.Met = "C/A >= 0.85", judge(rw.CA != nil && *rw.CA >= 0.85)
 		r.Summary = append(r.Summary, rw)
 
-		// CPU of this process per GiB uploaded, both ciphers pooled. On A
-		// and B it is only the generator feeding ssh's stdin; on C it is
-		// the generator plus host and gateway (the agent is a child).
-		both := func(p string) []float64 {
-			return append(upload(cipherDefault, p, cpu), upload(cipherGCM, p, cpu)...)
+		// The per-GiB rows pool both ciphers' uploads.
+		both := func(p string, field func(uploadResult) float64) []float64 {
+			return append(upload(cipherDefault, p, field), upload(cipherGCM, p, field)...)
 		}
-		rw = row("bench process CPU per GiB (C: host + gateway + generator)", "core-s/GiB", both("A"), both("B"), both("C"))
+		// CPU of this process per GiB uploaded. On A and B it is only the
+		// generator feeding ssh's stdin; on C it is the generator plus
+		// host and gateway (the agent is a child).
+		rw = row("bench process CPU per GiB (C: host + gateway + generator)", "core-s/GiB", both("A", cpu), both("B", cpu), both("C", cpu))
 		rw.CA, rw.CB = nil, nil
 		rw.Target, rw.Met = "C <= 1.50", judge(rw.C != nil && *rw.C <= 1.5)
 		r.Summary = append(r.Summary, rw)
@@ -154,8 +155,7 @@ func (r *Results) summarize() {
 			r.Summary = append(r.Summary, net)
 		}
 		agentCPU := func(u uploadResult) float64 { return u.AgentCPUPerGiB }
-		arow := row("agent process CPU per GiB (node side: relay to the VPS sshd)", "core-s/GiB", nil, nil,
-			append(upload(cipherDefault, "C", agentCPU), upload(cipherGCM, "C", agentCPU)...))
+		arow := row("agent process CPU per GiB (node side: relay to the VPS sshd)", "core-s/GiB", nil, nil, both("C", agentCPU))
 		arow.CA, arow.CB = nil, nil
 		arow.Target, arow.Met = "-", "-"
 		r.Summary = append(r.Summary, arow)
@@ -167,19 +167,13 @@ func (r *Results) summarize() {
 			{"bench process page faults per GiB (C: host + gateway + generator)", func(u uploadResult) float64 { return u.FaultsPerGiB }},
 			{"bench process context switches per GiB (likewise)", func(u uploadResult) float64 { return u.SwitchesPerGiB }},
 		} {
-			pooled := func(p string) []float64 {
-				return append(upload(cipherDefault, p, k.field), upload(cipherGCM, p, k.field)...)
-			}
-			krow := row(k.measure, "count/GiB", pooled("A"), pooled("B"), pooled("C"))
+			krow := row(k.measure, "count/GiB", both("A", k.field), both("B", k.field), both("C", k.field))
 			krow.CA, krow.CB = nil, nil
 			krow.Target, krow.Met = "-", "-"
 			r.Summary = append(r.Summary, krow)
 		}
-		mach := func(p string) []float64 {
-			field := func(u uploadResult) float64 { return u.MachineCPUPerGiB }
-			return append(upload(cipherDefault, p, field), upload(cipherGCM, p, field)...)
-		}
-		mrow := row("machine CPU per GiB, whole path (all processes)", "core-s/GiB", mach("A"), mach("B"), mach("C"))
+		mach := func(u uploadResult) float64 { return u.MachineCPUPerGiB }
+		mrow := row("machine CPU per GiB, whole path (all processes)", "core-s/GiB", both("A", mach), both("B", mach), both("C", mach))
 		mrow.Target, mrow.Met = "-", "-"
 		r.Summary = append(r.Summary, mrow)
 	}
