@@ -3,6 +3,7 @@ package gateway
 import (
 	"io"
 	"sync"
+	"sync/atomic"
 
 	gossh "golang.org/x/crypto/ssh"
 )
@@ -10,12 +11,40 @@ import (
 // pairTaps are the taps a channel pair starts with: a session the client
 // opened has its data held until it starts and its EOF after its exit
 // status, and only its VPS side's extended data (stderr) is copied beside
-// the data.
+// the data, and then only for a session without a pty.
 func pairTaps(clientSession bool) (toVPS, toClient tap) {
-	toVPS = tap{holdDataUntilStart: clientSession, extendedLast: true}
-	toClient = tap{eofAfterExit: clientSession, extendedLast: !clientSession}
+	toVPS = tap{holdDataUntilStart: clientSession, extended: extendedAfter}
+	toClient = tap{eofAfterExit: clientSession, extended: extendedAfter}
+	if clientSession {
+		toClient.extended = extendedUnlessPTY
+	}
 	return toVPS, toClient
 }
+
+// extendedCopy says when a direction copies its extended data. A copy
+// beside the data is a goroutine parked on it for the channel's life, and
+// most directions never carry any: sshd ignores what a client sends
+// (channels.c, "bad ext data"), nobody sends any on forwarded, X11 or agent
+// channels, and under a pty sshd sends none either (the pty merges stderr
+// into the data: session.c gives it no stderr descriptor; Dropbear's
+// ptycommand likewise). An idle gateway holds thousands of channels, and
+// every parked goroutine is 2 to 4 KiB of stack. What comes where none was
+// expected is still relayed in full, only after the data ended; a peer that
+// fills its window with it and waits for more window before its EOF stalls
+// only its own channel.
+type extendedCopy int
+
+const (
+	// extendedAfter copies it after the data ended, on the data's
+	// goroutine.
+	extendedAfter extendedCopy = iota
+	// extendedUnlessPTY copies it after the data unless the session starts
+	// without a pty; then beside it, on a goroutine of its own, from then
+	// on (stderr of a command or a non-interactive shell: a prompt or a
+	// progress bar must show at once). For the VPS side of a client's
+	// session.
+	extendedUnlessPTY
+)
 
 // tap sees what one direction of a channel pair carries.
 type tap struct {
@@ -40,37 +69,47 @@ type tap struct {
 	// drops it, and an sftp client whose first packet was lost waits
 	// forever.
 	holdDataUntilStart bool
-	// extendedLast copies this direction's extended data after its data
-	// ended, on the same goroutine, instead of beside it on a goroutine of
-	// its own. Only the VPS side of a session sends extended data (stderr)
-	// in practice: sshd ignores what a client sends (channels.c, "bad ext
-	// data"), and nobody sends any on forwarded, X11 or agent channels, so a
-	// goroutine parked on it in every other direction would be waste (one
-	// per session, two per forwarded connection). What does come is still
-	// relayed in full, only late; a peer that fills its window with it and
-	// waits for more window before its EOF stalls only its own channel.
-	extendedLast bool
+	// extended says when extended data is copied.
+	extended extendedCopy
 }
 
 // bridge relays one channel pair (down = client side, up = VPS side) until
 // both are closed. Each direction is a half: its data and extended data are
 // copied (concurrently where extended data is expected: they share one
-// window; see tap.extendedLast), its requests are forwarded in order, and
+// window; see extendedCopy), its requests are forwarded in order, and
 // the far side is closed only after the near side's CLOSE has arrived (its
 // request channel closed) and both copies reached EOF. That order keeps
 // output that sshd sends after exit-status, and makes
 // `cmd | ssh host sha256sum` exact.
 //
-// The caller's goroutine keeps the books of both halves: an idle session
-// holds thousands of pairs, so every parked goroutine counts. It never
-// waits on a peer: what a half sends toward its destination (requests,
-// EOF, CLOSE) runs in order on that half's serialQueue, so a request
-// waiting for its reply holds up neither the other direction nor the loop.
-// While maxQueuedRequests of a half's requests wait, the loop stops taking
-// more from it, and x/crypto's own queue pushes back on the peer, as a
-// blocked reader would.
-func bridge(down gossh.Channel, downReqs <-chan *gossh.Request, up gossh.Channel, upReqs <-chan *gossh.Request, toVPS, toClient tap) {
-	a, b := newHalf(down, downReqs, up, toVPS), newHalf(up, upReqs, down, toClient)
+// One goroutine keeps the books of both halves: an idle gateway holds
+// thousands of pairs, so every parked goroutine counts. It never waits on a
+// peer: what a half sends toward its destination (requests, EOF, CLOSE)
+// runs in order on that half's serialQueue, so a request waiting for its
+// reply holds up neither the other direction nor the loop. While
+// maxQueuedRequests of a half's requests wait, the loop stops taking more
+// from it, and x/crypto's own queue pushes back on the peer, as a blocked
+// reader would.
+func bridge(down gossh.Channel, downReqs <-chan *gossh.Request, up gossh.Channel, upReqs <-chan *gossh.Request, toVPS, toClient *tap) {
+	newBridge(down, downReqs, up, upReqs, toVPS, toClient).run()
+}
+
+// bridgeLoop is a channel pair's two halves, set up by newBridge and
+// driven by run.
+type bridgeLoop struct{ a, b *half }
+
+// newBridge starts the copies of both halves of a pair; run relays the
+// rest. The two are apart so that run can be given a goroutine whose stack
+// holds nothing else: see openPair.
+func newBridge(down gossh.Channel, downReqs <-chan *gossh.Request, up gossh.Channel, upReqs <-chan *gossh.Request, toVPS, toClient *tap) *bridgeLoop {
+	a, b := newHalf(down, downReqs, up, *toVPS), newHalf(up, upReqs, down, *toClient)
+	a.onSessionStart = b.sessionStarted
+	return &bridgeLoop{a, b}
+}
+
+// run relays requests, EOF and CLOSE until both halves are closed.
+func (l *bridgeLoop) run() {
+	a, b := l.a, l.b
 	for !a.closing || !b.closing {
 		select {
 		case req, ok := <-takeIfRoom(a.out, a.reqs):
@@ -105,9 +144,24 @@ type half struct {
 	// markStarted lets the copies begin (tap.holdDataUntilStart); safe
 	// from any goroutine.
 	markStarted func()
-	exited      bool // an exit-status or exit-signal was queued
-	eofDue      bool // the copies ended, EOF not queued yet
-	closing     bool // dst's CLOSE was queued
+	// extendedClaimed is set by whoever copies src's extended data: the
+	// data's copy once the data ended, or copyExtendedBeside.
+	extendedClaimed atomic.Bool
+	// copiesLeft counts the copies (data, extended data) not yet ended;
+	// the one that ends last closes data.
+	copiesLeft atomic.Int32
+	// onSessionStart is told, on out's goroutine, when a shell, exec or
+	// subsystem request went through, and whether a pty-req had been
+	// granted before it (pty, out's goroutine's too).
+	onSessionStart func(pty bool)
+	pty            bool
+	// copyExtendedBeside starts the copy of src's extended data on a
+	// goroutine of its own, unless it was claimed already; safe from any
+	// goroutine.
+	copyExtendedBeside func()
+	exited             bool // an exit-status or exit-signal was queued
+	eofDue             bool // the copies ended, EOF not queued yet
+	closing            bool // dst's CLOSE was queued
 	// closed is closed once dst has been closed (by out's goroutine).
 	closed chan struct{}
 }
@@ -127,21 +181,36 @@ func newHalf(src gossh.Channel, srcReqs <-chan *gossh.Request, dst gossh.Channel
 	}
 	dataDone := make(chan struct{})
 	h.data = dataDone
-	go func() {
-		defer close(dataDone)
-		<-started
-		if t.extendedLast {
-			copyData(dst, stdout)
-			copyData(dst.Stderr(), stderr)
-			return
+	h.copiesLeft.Store(2)
+	copyEnded := func() {
+		if h.copiesLeft.Add(-1) == 0 {
+			close(dataDone)
 		}
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() { defer wg.Done(); copyData(dst.Stderr(), stderr) }()
-		copyData(dst, stdout)
-		wg.Wait()
+	}
+	h.copyExtendedBeside = func() {
+		if h.extendedClaimed.CompareAndSwap(false, true) {
+			go copyData(dst.Stderr(), stderr, copyEnded)
+		}
+	}
+	go func() {
+		<-started
+		copyData(dst, stdout, func() {
+			if h.extendedClaimed.CompareAndSwap(false, true) {
+				copyData(dst.Stderr(), stderr, copyEnded)
+			}
+			copyEnded()
+		})
 	}()
 	return h
+}
+
+// sessionStarted is onSessionStart of the other direction: a session that
+// started without a pty has its extended data copied beside the data from
+// now on (extendedUnlessPTY).
+func (h *half) sessionStarted(pty bool) {
+	if h.t.extended == extendedUnlessPTY && !pty {
+		h.copyExtendedBeside()
+	}
 }
 
 // request takes one of src's requests, or notes that src closed (ok false).
@@ -200,10 +269,18 @@ func (h *half) forward(req *gossh.Request) {
 		_ = req.Reply(ok, nil)
 	}
 	switch req.Type {
+	case "pty-req":
+		// Without a reply wanted ok is false: a pty not known to be
+		// granted is taken as none, and stderr copied beside.
+		h.pty = h.pty || ok
 	case "shell", "exec", "subsystem":
 		// Forwarded, and answered if a reply was wanted: the VPS has it
 		// before any data sent after it.
 		h.markStarted()
+		if h.onSessionStart != nil {
+			h.onSessionStart(h.pty)
+			h.onSessionStart = nil
+		}
 	}
 }
 

@@ -2,7 +2,7 @@ package gateway
 
 // bridge on its own, between two SSH connections made in the test, with
 // the taps openPair gives it: which directions copy extended data beside
-// their data and which after it (tap.extendedLast), how many goroutines
+// their data and which after it (extendedCopy), how many goroutines
 // that leaves per channel, and that every byte of both arrives either way.
 
 import (
@@ -143,7 +143,7 @@ func bridged(t *testing.T, kind string) (client, vps channelEnd, done <-chan str
 	d := make(chan struct{})
 	go pprof.Do(context.Background(), pprof.Labels("bridge", t.Name()), func(context.Context) {
 		defer close(d)
-		bridge(gwDown.ch, gwDown.reqs, gwUp.ch, gwUp.reqs, toVPS, toClient)
+		bridge(gwDown.ch, gwDown.reqs, gwUp.ch, gwUp.reqs, &toVPS, &toClient)
 	})
 	return client, vps, d
 }
@@ -284,6 +284,58 @@ func TestBridgeSessionStderrIsLive(t *testing.T) {
 	}
 	_ = client.ch.Close()
 	within(t, "bridge to return", func() struct{} { <-done; return struct{}{} })
+}
+
+// TestBridgeSessionPTYStderrAfterData: a session that starts with a pty
+// granted gets no stderr copy of its own (sshd sends none under a pty), so
+// its bridge runs one goroutine fewer; were stderr to come anyway, all of it
+// still arrives, after the data. A refused pty-req leaves stderr live.
+func TestBridgeSessionPTYStderrAfterData(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		granted    bool
+		goroutines int
+	}{{"granted", true, 3}, {"refused", false, 4}} {
+		t.Run(tc.name, func(t *testing.T) {
+			client, vps, done := bridged(t, "session")
+			go gossh.DiscardRequests(client.reqs)
+			go func() {
+				for req := range vps.reqs {
+					if req.WantReply {
+						_ = req.Reply(req.Type != "pty-req" || tc.granted, nil)
+					}
+				}
+			}()
+			if ok, err := client.ch.SendRequest("pty-req", true, nil); err != nil || ok != tc.granted {
+				t.Fatalf("pty-req: ok %v err %v, want ok %v", ok, err, tc.granted)
+			}
+			if ok, err := client.ch.SendRequest("shell", true, nil); err != nil || !ok {
+				t.Fatalf("shell: ok %v err %v", ok, err)
+			}
+			roundTrip(t, client.ch, vps.ch)
+			if n := settledBridgeGoroutines(t, tc.goroutines); n != tc.goroutines {
+				t.Errorf("bridge runs %d goroutines, want %d", n, tc.goroutines)
+			}
+			out, outErr := randomText(t, 300<<10), randomText(t, 100<<10)
+			go func() {
+				_, _ = vps.ch.Stderr().Write([]byte(outErr[:len(outErr)/2]))
+				_, _ = vps.ch.Write([]byte(out))
+				_, _ = vps.ch.Stderr().Write([]byte(outErr[len(outErr)/2:]))
+				_ = vps.ch.CloseWrite()
+				_ = vps.ch.Close()
+			}()
+			errc := make(chan string, 1)
+			go func() { b, _ := io.ReadAll(client.ch.Stderr()); errc <- string(b) }()
+			if got := readAllWithin(t, "client stdout", client.ch); got != out {
+				t.Fatalf("client stdout: %d bytes, want %d", len(got), len(out))
+			}
+			if got := within(t, "client stderr", func() string { return <-errc }); got != outErr {
+				t.Fatalf("client stderr: %d bytes, want %d", len(got), len(outErr))
+			}
+			_ = client.ch.Close()
+			within(t, "bridge to return", func() struct{} { <-done; return struct{}{} })
+		})
+	}
 }
 
 // TestBridgeExtendedDataAfterData: on channels where neither side expects

@@ -33,22 +33,47 @@ var (
 	bulkBufs   = sync.Pool{New: func() any { b := make([]byte, bulkCopyBuf); return &b }}
 )
 
-// copyData copies src to dst until src ends or a write fails.
-func copyData(dst io.Writer, src io.Reader) {
-	var idle [idleCopyBuf]byte
+// copyData copies src to dst until src ends or a write fails, and then
+// calls ended. It returns when the calling goroutine is done with the
+// copy, which may be before: after each write that leaves the copy idle,
+// the copy goes on on a new goroutine and this one ends (see below).
+//
+// A copy is parked in Read for most of a session's life, and the stack it
+// parks on is whatever its goroutine needed most: writing a packet (x/crypto's
+// channel, its cipher, the socket) grows it to 4 KiB, and a parked stack only
+// halves at a GC while under a quarter of it is in use, counting the 800
+// bytes of guard the runtime keeps, which a goroutine in x/crypto's Read
+// never is. Reading on a fresh goroutine after each idle write keeps the
+// parked copy at the 2 KiB a goroutine starts with: 2 KiB less per copy,
+// two or three copies per session, thousands of sessions; the cost is a
+// goroutine started per burst of interactive traffic (a keystroke, a
+// prompt), about a microsecond, against the tens a packet costs. A bulk
+// stream stays on its goroutine until its reads come back small.
+func copyData(dst io.Writer, src io.Reader, ended func()) {
+	copyFrom(dst, src, ended, new([idleCopyBuf]byte))
+}
+
+func copyFrom(dst io.Writer, src io.Reader, ended func(), idle *[idleCopyBuf]byte) {
 	for {
 		n, err := src.Read(idle[:])
 		if n > 0 {
 			if _, werr := dst.Write(idle[:n]); werr != nil {
+				ended()
 				return
 			}
 		}
 		if err != nil {
+			ended()
 			return
 		}
 		// A full small read means more is waiting: stream with a big
 		// buffer until the reads come back small again.
 		if n == len(idle) && !copyBulk(dst, src) {
+			ended()
+			return
+		}
+		if n > 0 {
+			go copyFrom(dst, src, ended, idle)
 			return
 		}
 	}

@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"crypto/rand"
 	"io"
+	"runtime"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 )
 
 // chunkReader returns data in the chunk sizes given, as a channel's Read
@@ -15,10 +18,37 @@ type chunkReader struct {
 	chunks []int
 	reads  int
 	bufs   []int // len(p) of every Read
+	// goroutines is the goroutine of every Read.
+	goroutines []string
+}
+
+// goroutineID is the calling goroutine's number, from its stack trace's
+// first line ("goroutine 7 [running]:").
+func goroutineID() string {
+	buf := make([]byte, 64)
+	buf = buf[:runtime.Stack(buf, false)]
+	f := strings.Fields(string(buf))
+	if len(f) < 2 {
+		return ""
+	}
+	return f[1]
+}
+
+// copyAndWait runs copyData and waits until it has called back.
+func copyAndWait(t *testing.T, dst io.Writer, src io.Reader) {
+	t.Helper()
+	ended := make(chan struct{})
+	copyData(dst, src, func() { close(ended) })
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Fatal("copyData never ended")
+	}
 }
 
 func (r *chunkReader) Read(p []byte) (int, error) {
 	r.bufs = append(r.bufs, len(p))
+	r.goroutines = append(r.goroutines, goroutineID())
 	if len(r.data) == 0 {
 		return 0, io.EOF
 	}
@@ -75,7 +105,7 @@ func TestCopyDataModes(t *testing.T) {
 	_, _ = rand.Read(data)
 	src := &chunkReader{data: data, chunks: append([]int(nil), chunks...)}
 	var dst recordingWriter
-	copyData(&dst, src)
+	copyAndWait(t, &dst, src)
 	if !bytes.Equal(dst.Bytes(), data) {
 		t.Fatalf("copied %d bytes, not the %d sent in order", dst.Len(), len(data))
 	}
@@ -106,6 +136,23 @@ func TestCopyDataModes(t *testing.T) {
 	if !slices.Equal(src.bufs, wantBufs) {
 		t.Errorf("read buffers %v, want %v", src.bufs, wantBufs)
 	}
+	// A read that follows a write in the idle buffer's mode, where the
+	// copy would park while the session idles, runs on a fresh goroutine;
+	// a bulk stream stays on its own.
+	wantNewGoroutine := []bool{
+		false, true, true, true, // idle reads, each after an idle write
+		false, false, false, false, false, false, false, // the burst
+		true, true, true, // after the burst, and after each idle write
+		false, false, false, // the second burst
+		true, // EOF, after it
+	}
+	var got []bool
+	for i := range src.goroutines {
+		got = append(got, i > 0 && src.goroutines[i] != src.goroutines[i-1])
+	}
+	if !slices.Equal(got, wantNewGoroutine) {
+		t.Errorf("reads on a new goroutine: %v, want %v", got, wantNewGoroutine)
+	}
 }
 
 // failingWriter fails every write.
@@ -119,7 +166,7 @@ func TestCopyDataStopsOnWriteError(t *testing.T) {
 	for _, first := range []int{10, idleCopyBuf} {
 		src := &chunkReader{data: make([]byte, 4*bulkCopyBuf), chunks: []int{first, bulkCopyBuf}}
 		var dst failingWriter
-		copyData(&dst, src)
+		copyAndWait(t, &dst, src)
 		if dst.writes != 1 || src.reads != 1 {
 			t.Fatalf("first chunk %d: %d writes and %d reads after a failed write, want 1 and 1", first, dst.writes, src.reads)
 		}

@@ -57,25 +57,37 @@ func (c *conn) openFromVPS(nc gossh.NewChannel) {
 }
 
 // openPair opens the twin of nc on the other connection, then accepts nc and
-// bridges the two. The twin is opened first so that a refusal (connect
-// failed inside the VPS, agent forwarding not requested...) reaches the
-// opener with the other side's reason and message.
+// starts relaying the pair. The twin is opened first so that a refusal
+// (connect failed inside the VPS, agent forwarding not requested...)
+// reaches the opener with the other side's reason and message.
+//
+// The relay runs on a goroutine of its own, and the caller's ends here:
+// opening and accepting write SSH packets (cipher, socket), which grows a
+// goroutine's stack to 4 KiB, and a parked goroutine's stack only halves
+// at a GC while under a quarter of it, guard included, is in use, which
+// never happens here. The pair's loop waits out the channel's life and
+// calls little, so it mostly keeps the 2 KiB it starts with (nine in ten
+// did in gateway/bench's 500 sessions; the rest met a deeper path, such as
+// an allocation that had to refill its cache, and doubled).
 func (c *conn) openPair(nc gossh.NewChannel, other gossh.Conn, from string) {
 	if !c.addPipe() {
 		_ = nc.Reject(gossh.ConnectionFailed, "kohakuriver: the connection to the VPS has ended")
 		return
 	}
-	defer c.pipes.Done()
 	limit := c.srv.limits().MaxChannels
 	if int(c.channels.Add(1)) > limit {
 		c.channels.Add(-1)
+		c.pipes.Done()
 		c.log.Warn("channel refused: limit reached", "type", nc.ChannelType(), "from", from, "limit", limit)
 		_ = nc.Reject(gossh.ResourceShortage, fmt.Sprintf("kohakuriver: too many channels on this connection (limit %d)", limit))
 		return
 	}
-	defer c.channels.Add(-1)
 	c.srv.metrics.channel(1)
-	defer c.srv.metrics.channel(-1)
+	release := func() {
+		c.srv.metrics.channel(-1)
+		c.channels.Add(-1)
+		c.pipes.Done()
+	}
 	twin, twinReqs, err := other.OpenChannel(nc.ChannelType(), nc.ExtraData())
 	if err != nil {
 		if oce, ok := err.(*gossh.OpenChannelError); ok {
@@ -84,37 +96,56 @@ func (c *conn) openPair(nc gossh.NewChannel, other gossh.Conn, from string) {
 			_ = nc.Reject(gossh.ConnectionFailed, "kohakuriver: the other side is gone")
 		}
 		c.log.Debug("channel refused", "type", nc.ChannelType(), "from", from, "err", err)
+		release()
 		return
 	}
 	ch, reqs, err := nc.Accept()
 	if err != nil {
 		twin.Close()
 		go gossh.DiscardRequests(twinReqs)
+		release()
 		return
 	}
 	c.log.Debug("channel open", "type", nc.ChannelType(), "from", from)
 	if f := describeForward(nc.ChannelType(), nc.ExtraData()); f != "" {
 		c.recordForward(f)
 	}
-	clientSession := nc.ChannelType() == "session" && from == "client"
+	loop, cleanup := c.prepareRelay(ch, reqs, twin, twinReqs, nc.ChannelType() == "session" && from == "client", from == "client")
+	go func() {
+		defer release()
+		defer cleanup()
+		loop.run()
+	}()
+}
+
+// prepareRelay sets up the bridge of an accepted channel ch and its twin on
+// the other connection: the taps, session tracking and recording for a
+// client's session. cleanup is for after the loop ended.
+func (c *conn) prepareRelay(ch gossh.Channel, reqs <-chan *gossh.Request, twin gossh.Channel, twinReqs <-chan *gossh.Request, clientSession, fromClient bool) (loop *bridgeLoop, cleanup func()) {
 	toVPS, toClient := pairTaps(clientSession)
 	// Requests from the VPS side carry exit-status and exit-signal.
 	toClient.onRequest = c.noteExit
+	var rec *recording
 	if clientSession {
 		c.trackSession(ch, true)
-		defer c.trackSession(ch, false)
 		c.explainLostVPS(&toClient)
-		if rec := c.srv.newRecording(c); rec != nil {
-			defer rec.close()
+		if rec = c.srv.newRecording(c); rec != nil {
 			toVPS.onRequest, toVPS.data = rec.observe, rec.input()
 			toClient.data = rec.output()
 		}
 	}
-	if from == "client" {
-		bridge(ch, reqs, twin, twinReqs, toVPS, toClient)
-	} else {
-		bridge(twin, twinReqs, ch, reqs, toVPS, toClient)
+	cleanup = func() {
+		if rec != nil {
+			rec.close()
+		}
+		if clientSession {
+			c.trackSession(ch, false)
+		}
 	}
+	if fromClient {
+		return newBridge(ch, reqs, twin, twinReqs, &toVPS, &toClient), cleanup
+	}
+	return newBridge(twin, twinReqs, ch, reqs, &toVPS, &toClient), cleanup
 }
 
 // explainLostVPS makes a session whose VPS connection died (container

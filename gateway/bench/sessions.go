@@ -57,6 +57,7 @@ type SessionResult struct {
 	RSSAfterClose     int64          `json:"rss_after_close_bytes"`
 	RSSPerSessionKiB  float64        `json:"rss_per_session_kib"`
 	HeapPerSession    float64        `json:"heap_inuse_per_session_kib"`
+	HeapObjPerSession float64        `json:"heap_objects_per_session_kib"` // HeapAlloc: the live objects in HeapInuse's spans
 	StackPerSession   float64        `json:"stack_inuse_per_session_kib"`
 	GoroutinesPer     float64        `json:"goroutines_per_session"`
 	FDsPer            float64        `json:"fds_per_session"`
@@ -73,8 +74,8 @@ func (s *SessionResult) print(w io.Writer) {
 		s.EstablishSeconds, s.VerifySeconds, s.CloseSeconds, s.ActiveConns, s.CPUPerOpenMs)
 	fmt.Fprintf(w, "  host+gateway RSS: %.1f MiB before, %.1f MiB open, %.1f MiB after close (after runtime.GC + FreeOSMemory); left after close: %d goroutines, %.0f KiB heap\n",
 		mib(s.RSSBefore), mib(s.RSSOpen), mib(s.RSSAfterClose), s.GoroutinesAfter, s.HeapAfterCloseKiB)
-	fmt.Fprintf(w, "  per session: %.1f KiB RSS, %.1f KiB Go heap in use, %.1f KiB goroutine stacks, %.1f goroutines, %.1f fds\n",
-		s.RSSPerSessionKiB, s.HeapPerSession, s.StackPerSession, s.GoroutinesPer, s.FDsPer)
+	fmt.Fprintf(w, "  per session: %.1f KiB RSS, %.1f KiB Go heap in use (%.1f KiB of it live objects), %.1f KiB goroutine stacks, %.1f goroutines, %.1f fds\n",
+		s.RSSPerSessionKiB, s.HeapPerSession, s.HeapObjPerSession, s.StackPerSession, s.GoroutinesPer, s.FDsPer)
 	if s.VPSPids > 0 {
 		fmt.Fprintf(w, "  VPS containers: %d processes while open, %.0f KiB memory per session (their cgroups)\n", s.VPSPids, s.VPSMemPerSession)
 	}
@@ -185,6 +186,7 @@ func runSessions(ctx context.Context, e *env, o options) (SessionResult, error) 
 	if k := res.Established; k > 0 {
 		res.RSSPerSessionKiB = float64(rss1-rss0) / 1024 / float64(k)
 		res.HeapPerSession = (float64(ms1.HeapInuse) - float64(ms0.HeapInuse)) / 1024 / float64(k)
+		res.HeapObjPerSession = (float64(ms1.HeapAlloc) - float64(ms0.HeapAlloc)) / 1024 / float64(k)
 		res.StackPerSession = (float64(ms1.StackInuse) - float64(ms0.StackInuse)) / 1024 / float64(k)
 		res.GoroutinesPer = float64(g1-g0) / float64(k)
 		res.CPUPerOpenMs = (cpu1 - cpu0) * 1000 / float64(k)
