@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"io"
-	"sync"
 	"sync/atomic"
 
 	gossh "golang.org/x/crypto/ssh"
@@ -96,36 +95,56 @@ func bridge(down gossh.Channel, downReqs <-chan *gossh.Request, up gossh.Channel
 
 // bridgeLoop is a channel pair's two halves, set up by newBridge and
 // driven by run.
-type bridgeLoop struct{ a, b *half }
+//
+// Whatever the loop waits for but the peers' requests (a half's copies
+// ending, a queued function finishing, which may let more requests in, and
+// CLOSE having been sent) is signalled on wake, a token channel shared by
+// both halves, and read off the halves' atomic state: a goroutine parked in
+// a select holds a runtime record of 112 bytes per case, and each channel
+// is another 112, per pair, thousands of pairs.
+type bridgeLoop struct {
+	a, b *half
+	wake chan struct{}
+}
 
 // newBridge starts the copies of both halves of a pair; run relays the
 // rest. The two are apart so that run can be given a goroutine whose stack
 // holds nothing else: see openPair.
 func newBridge(down gossh.Channel, downReqs <-chan *gossh.Request, up gossh.Channel, upReqs <-chan *gossh.Request, toVPS, toClient *tap) *bridgeLoop {
-	a, b := newHalf(down, downReqs, up, *toVPS), newHalf(up, upReqs, down, *toClient)
+	wake := make(chan struct{}, 1)
+	a, b := newHalf(down, downReqs, up, *toVPS, wake), newHalf(up, upReqs, down, *toClient, wake)
 	a.onSessionStart = b.sessionStarted
-	return &bridgeLoop{a, b}
+	return &bridgeLoop{a, b, wake}
 }
 
 // run relays requests, EOF and CLOSE until both halves are closed.
 func (l *bridgeLoop) run() {
 	a, b := l.a, l.b
-	for !a.closing || !b.closing {
+	for {
+		a.poll()
+		b.poll()
+		if a.closing && b.closing {
+			break
+		}
 		select {
 		case req, ok := <-takeIfRoom(a.out, a.reqs):
 			a.request(req, ok)
-		case <-a.data:
-			a.dataEnded()
-		case <-a.out.done:
 		case req, ok := <-takeIfRoom(b.out, b.reqs):
 			b.request(req, ok)
-		case <-b.data:
-			b.dataEnded()
-		case <-b.out.done:
+		case <-l.wake:
 		}
 	}
-	<-a.closed
-	<-b.closed
+	for !a.closed.Load() || !b.closed.Load() {
+		<-l.wake
+	}
+}
+
+// signal leaves a token on wake, unless one is there already.
+func signal(wake chan<- struct{}) {
+	select {
+	case wake <- struct{}{}:
+	default:
+	}
 }
 
 // half is one direction of a channel pair: src's data, requests, EOF and
@@ -136,72 +155,88 @@ type half struct {
 	t   tap
 	// reqs is src's requests, nil once closed.
 	reqs <-chan *gossh.Request
-	// data is closed when the copies of src's data and extended data have
-	// ended; nil once seen.
-	data <-chan struct{}
+	// dataOpen: the copies' end has not been handled yet.
+	dataOpen bool
 	// out runs what is sent to dst, in order.
 	out *serialQueue
-	// markStarted lets the copies begin (tap.holdDataUntilStart); safe
-	// from any goroutine.
-	markStarted func()
-	// extendedClaimed is set by whoever copies src's extended data: the
-	// data's copy once the data ended, or copyExtendedBeside.
+	// wake is the pair's (see bridgeLoop).
+	wake chan struct{}
+	// The copies' side, safe from any goroutine: the sources of data and
+	// extended data, started (closed once the copies may begin, see
+	// tap.holdDataUntilStart), extendedClaimed (set by whoever copies the
+	// extended data: the data's copy once the data ended, or
+	// copyExtendedBeside), and copiesLeft (the copies not yet ended).
+	stdout, stderr  io.Reader
+	started         chan struct{}
+	startedOnce     atomic.Bool
 	extendedClaimed atomic.Bool
-	// copiesLeft counts the copies (data, extended data) not yet ended;
-	// the one that ends last closes data.
-	copiesLeft atomic.Int32
+	copiesLeft      atomic.Int32
 	// onSessionStart is told, on out's goroutine, when a shell, exec or
 	// subsystem request went through, and whether a pty-req had been
 	// granted before it (pty, out's goroutine's too).
 	onSessionStart func(pty bool)
 	pty            bool
-	// copyExtendedBeside starts the copy of src's extended data on a
-	// goroutine of its own, unless it was claimed already; safe from any
-	// goroutine.
-	copyExtendedBeside func()
-	exited             bool // an exit-status or exit-signal was queued
-	eofDue             bool // the copies ended, EOF not queued yet
-	closing            bool // dst's CLOSE was queued
-	// closed is closed once dst has been closed (by out's goroutine).
-	closed chan struct{}
+	exited         bool // an exit-status or exit-signal was queued
+	eofDue         bool // the copies ended, EOF not queued yet
+	closing        bool // dst's CLOSE was queued
+	// closed is set by out's goroutine once dst has been closed.
+	closed atomic.Bool
 }
 
 // newHalf starts the copies of src's data to dst (once started, see
 // tap.holdDataUntilStart) and returns the half for bridge to drive.
-func newHalf(src gossh.Channel, srcReqs <-chan *gossh.Request, dst gossh.Channel, t tap) *half {
-	h := &half{dst: dst, t: t, reqs: srcReqs, out: newSerialQueue(), closed: make(chan struct{})}
-	var stdout, stderr io.Reader = src, src.Stderr()
+func newHalf(src gossh.Channel, srcReqs <-chan *gossh.Request, dst gossh.Channel, t tap, wake chan struct{}) *half {
+	h := &half{dst: dst, t: t, reqs: srcReqs, dataOpen: true, out: newSerialQueue(wake), wake: wake,
+		stdout: src, stderr: src.Stderr(), started: make(chan struct{})}
 	if t.data != nil {
-		stdout, stderr = io.TeeReader(stdout, t.data), io.TeeReader(stderr, t.data)
+		h.stdout, h.stderr = io.TeeReader(h.stdout, t.data), io.TeeReader(h.stderr, t.data)
 	}
-	started := make(chan struct{})
-	h.markStarted = sync.OnceFunc(func() { close(started) })
 	if !t.holdDataUntilStart {
 		h.markStarted()
 	}
-	dataDone := make(chan struct{})
-	h.data = dataDone
 	h.copiesLeft.Store(2)
-	copyEnded := func() {
-		if h.copiesLeft.Add(-1) == 0 {
-			close(dataDone)
-		}
-	}
-	h.copyExtendedBeside = func() {
-		if h.extendedClaimed.CompareAndSwap(false, true) {
-			go copyData(dst.Stderr(), stderr, copyEnded)
-		}
-	}
-	go func() {
-		<-started
-		copyData(dst, stdout, func() {
-			if h.extendedClaimed.CompareAndSwap(false, true) {
-				copyData(dst.Stderr(), stderr, copyEnded)
-			}
-			copyEnded()
-		})
-	}()
+	go h.copy()
 	return h
+}
+
+// copy waits for the start, then copies the data and, unless
+// copyExtendedBeside took it, the extended data after it.
+func (h *half) copy() {
+	<-h.started
+	copyData(h.dst, h.stdout, func() {
+		if h.extendedClaimed.CompareAndSwap(false, true) {
+			copyData(h.dst.Stderr(), h.stderr, h.copyEnded)
+		}
+		h.copyEnded()
+	})
+}
+
+// copyExtendedBeside starts the copy of the extended data on a goroutine
+// of its own, unless it was claimed already.
+func (h *half) copyExtendedBeside() {
+	if h.extendedClaimed.CompareAndSwap(false, true) {
+		go copyData(h.dst.Stderr(), h.stderr, h.copyEnded)
+	}
+}
+
+func (h *half) copyEnded() {
+	if h.copiesLeft.Add(-1) == 0 {
+		signal(h.wake)
+	}
+}
+
+// markStarted lets the copies begin.
+func (h *half) markStarted() {
+	if h.startedOnce.CompareAndSwap(false, true) {
+		close(h.started)
+	}
+}
+
+// poll takes note of what the copies signalled.
+func (h *half) poll() {
+	if h.dataOpen && h.copiesLeft.Load() == 0 {
+		h.dataEnded()
+	}
 }
 
 // sessionStarted is onSessionStart of the other direction: a session that
@@ -226,7 +261,7 @@ func (h *half) request(req *gossh.Request, ok bool) {
 
 // dataEnded notes that both copies reached EOF (or failed).
 func (h *half) dataEnded() {
-	h.data, h.eofDue = nil, true
+	h.dataOpen, h.eofDue = false, true
 	// x/crypto queues a request on reqs before it processes a later EOF,
 	// so what waits there now came before the EOF.
 	h.reqs = takeQueued(h.reqs, h.queueRequest)
@@ -250,7 +285,7 @@ func (h *half) settle() {
 		h.eofDue = false
 		h.out.push(h.sendEOF)
 	}
-	if h.reqs == nil && h.data == nil && !h.closing {
+	if h.reqs == nil && !h.dataOpen && !h.closing {
 		h.closing = true
 		h.out.push(h.close)
 	}
@@ -297,7 +332,7 @@ func (h *half) close() {
 		h.t.beforeClose(h.dst)
 	}
 	_ = h.dst.Close()
-	close(h.closed)
+	h.closed.Store(true)
 }
 
 // takeQueued hands take the requests already waiting on reqs, without

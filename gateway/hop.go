@@ -72,7 +72,8 @@ func (c *conn) relayUpstream(up *upstream) {
 // configured). While maxQueuedRequests wait, no more are taken, and
 // x/crypto's own queue pushes back on the VPS.
 func relayFromVPS(chans <-chan gossh.NewChannel, reqs <-chan *gossh.Request, open func(gossh.NewChannel), forward func(*gossh.Request)) {
-	out := newSerialQueue()
+	wake := make(chan struct{}, 1)
+	out := newSerialQueue(wake)
 	for chans != nil {
 		select {
 		case nc, ok := <-chans:
@@ -89,7 +90,7 @@ func relayFromVPS(chans <-chan gossh.NewChannel, reqs <-chan *gossh.Request, ope
 				continue
 			}
 			out.push(func() { forward(req) })
-		case <-out.done:
+		case <-wake:
 		}
 	}
 }

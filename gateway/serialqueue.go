@@ -13,13 +13,15 @@ type serialQueue struct {
 	queue   []func() // pushed, not started
 	running bool     // a goroutine runs queue
 	waiting int      // pushed, not finished
-	// done gets a token (if it has none) each time a function has
+	// wake gets a token (if it has none) each time a function has
 	// finished: a caller that stopped pushing while pending was high
-	// selects on it to look again.
-	done chan struct{}
+	// selects on it to look again. It may be shared with other signals.
+	wake chan<- struct{}
 }
 
-func newSerialQueue() *serialQueue { return &serialQueue{done: make(chan struct{}, 1)} }
+// newSerialQueue makes a queue that signals wake (a channel with a buffer
+// of one) after each function.
+func newSerialQueue(wake chan<- struct{}) *serialQueue { return &serialQueue{wake: wake} }
 
 // push queues f, starting the goroutine if none runs.
 func (q *serialQueue) push(f func()) {
@@ -50,10 +52,7 @@ func (q *serialQueue) run() {
 		f()
 		q.mu.Lock()
 		q.waiting--
-		select {
-		case q.done <- struct{}{}:
-		default:
-		}
+		signal(q.wake)
 	}
 	q.running = false
 	q.queue = nil // let a burst's backing array go
@@ -68,7 +67,8 @@ const maxQueuedRequests = 16
 
 // takeIfRoom is src while fewer than maxQueuedRequests functions are
 // pending in q, else nil: a select case that cannot fire. A loop that
-// selects on it also selects on q.done, to look again once one finished.
+// selects on it also selects on q's wake channel, to look again once one
+// finished.
 func takeIfRoom[T any](q *serialQueue, src <-chan T) <-chan T {
 	if q.pending() >= maxQueuedRequests {
 		return nil

@@ -6,10 +6,11 @@ import (
 )
 
 // TestSerialQueue: functions run one at a time in push order, pending
-// counts what has not finished, done gets a token as each finishes, and the
+// counts what has not finished, wake gets a token as each finishes, and the
 // goroutine is gone once the queue is empty, started again by the next push.
 func TestSerialQueue(t *testing.T) {
-	q := newSerialQueue()
+	wake := make(chan struct{}, 1)
+	q := newSerialQueue(wake)
 	release := make(chan struct{})
 	var order []int
 	ran := make(chan int, 10)
@@ -29,7 +30,7 @@ func TestSerialQueue(t *testing.T) {
 			t.Fatalf("ran in order %v", order)
 		}
 	}
-	within(t, "a done token", func() struct{} { <-q.done; return struct{}{} })
+	within(t, "a wake token", func() struct{} { <-wake; return struct{}{} })
 	waitIdle(t, q)
 	if n := q.pending(); n != 0 {
 		t.Fatalf("pending = %d after all ran", n)

@@ -33,7 +33,7 @@ func TestHostKilledDuringCreates(t *testing.T) {
 	}
 	dataDir := t.TempDir()
 	apiPort, sshPort := freePort(t), freePort(t)
-	portMin := 30000 + rand.IntN(2000)*10
+	portMin := vpsPortBlock(30)
 	apiURL := fmt.Sprintf("http://127.0.0.1:%d", apiPort)
 	logs := &syncBuffer{}
 	startHost := func() *exec.Cmd {

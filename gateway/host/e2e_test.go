@@ -14,6 +14,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"log/slog"
+	mathrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -101,8 +102,7 @@ func newCluster(t *testing.T, nodes ...string) *cluster {
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	c := &cluster{t: t, dataDir: t.TempDir(), agents: map[string]*runningAgent{}, logs: logs}
-	// VPS ports: a block above the ephemeral range's busy start.
-	c.portBase = 20000 + int(time.Now().UnixNano()%2000)*10
+	c.portBase = vpsPortBlock(10)
 	h, err := New(Config{
 		DataDir: c.dataDir, APIAddr: "127.0.0.1:0", SSHAddr: "127.0.0.1:0", PortHost: "127.0.0.1",
 		PortMin: c.portBase, PortMax: c.portBase + 9, PublicHost: "127.0.0.1", Logger: log,
@@ -297,4 +297,13 @@ func (c *cluster) createVPS(cl *api.Client, node, name string, keys ...userKey) 
 		c.t.Fatalf("create vps %s: %v", name, err)
 	}
 	return v
+}
+
+// vpsPortBlock picks the first of n ports for a test host's VPS listeners,
+// at random in 20000-32767: below Linux's default ephemeral range (32768-
+// 60999), where the outgoing connections of tests running in parallel would
+// sometimes hold one of them ("address already in use").
+func vpsPortBlock(n int) int {
+	const lo, hi = 20000, 32768
+	return lo + mathrand.IntN((hi-lo)/n-1)*n
 }

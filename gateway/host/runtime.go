@@ -17,17 +17,19 @@ import (
 // It is a trade between the collector's CPU and the gateway's memory per
 // session: the more garbage may pile up between collections, the more the
 // long-lived objects of connections set up meanwhile end up scattered over
-// mostly free heap spans, which stay resident. Go's default of 100 is the
-// better side now that relaying does not depend on it: 2,000 idle sessions
-// (gateway/bench) hold 61.5 KiB of heap each at 100 against 66.3 at 200,
-// and an earlier run at 250 sessions measured 86 at 400; the upload's CPU
-// per GiB did not change within the run-to-run noise (1.50 and 1.32 against
-// 1.51 and 1.47 core-s net of the generator, interleaved runs). Going lower
-// trades the other way: at 50, 1,000 sessions held 56.4 KiB of heap each
-// against 60.3, but each login cost the host 6% more CPU (4.43 against 4.19
-// ms, two interleaved pairs of runs), and traffic that is not bulk, a web
-// app forwarded in small packets, would pay the collector twice as often.
-const DefaultGCPercent = 100
+// mostly free heap spans, which stay resident (a session's set-up
+// allocated about 160 KiB in the host process, in the bench's heap profile,
+// of which about 48 KiB stays, much of the rest x/crypto's handshake in
+// small objects). At 2,000 idle
+// sessions (gateway/bench) each held 48.7 KiB of live objects in 57.6 KiB
+// of heap spans at 50, against 61.5 at 100 (99.8 against 103.9 KiB of RSS;
+// earlier, 66.3 at 200 and, at 250 sessions, 86 at 400). What it costs is
+// the collector's share of a login: 6% more host CPU per login at 50 than
+// at 100 (4.43 against 4.19 ms, two interleaved pairs of runs), about a
+// quarter of a millisecond, and twice the collections for traffic that is
+// neither set-up nor bulk (keystrokes, small forwarded packets), which
+// allocate little. Bulk relaying is not affected: see HeapHeadroom.
+const DefaultGCPercent = 50
 
 // HeapHeadroom is the least garbage the host lets pile up between
 // collections while it relays bulk data, whatever DefaultGCPercent makes
