@@ -139,14 +139,6 @@ func (l *bridgeLoop) run() {
 	}
 }
 
-// signal leaves a token on wake, unless one is there already.
-func signal(wake chan<- struct{}) {
-	select {
-	case wake <- struct{}{}:
-	default:
-	}
-}
-
 // half is one direction of a channel pair: src's data, requests, EOF and
 // CLOSE, relayed to dst. Its fields are the bridge loop's, except where
 // noted.

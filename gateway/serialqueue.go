@@ -59,6 +59,14 @@ func (q *serialQueue) run() {
 	q.mu.Unlock()
 }
 
+// signal leaves a token on wake, unless one is there already.
+func signal(wake chan<- struct{}) {
+	select {
+	case wake <- struct{}{}:
+	default:
+	}
+}
+
 // maxQueuedRequests is how many requests a relay loop lets wait in a
 // serialQueue before it stops taking more from their source (x/crypto's
 // own queues of incoming requests have the same size, so the peer meets the
