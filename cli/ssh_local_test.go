@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kohakuriver/kohakuriver/gateway/testport"
 	"github.com/kohakuriver/kohakuriver/store"
 )
 
@@ -145,15 +146,14 @@ func TestSSHLocalPortReachesGateway(t *testing.T) {
 	}
 }
 
-// freePort returns a TCP port that was free a moment ago.
+// freePort returns a TCP port that was free a moment ago (see testport).
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := testport.Free(testport.CLIMin, testport.CLIMax)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 // waitForMatch waits until re matches the output and returns its first

@@ -25,6 +25,7 @@ import (
 
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/kohakuriver/kohakuriver/gateway/testport"
 	"github.com/kohakuriver/kohakuriver/store"
 )
 
@@ -267,12 +268,11 @@ func waitBanner(addr string, exited <-chan error, max time.Duration) error {
 
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := testport.Free(testport.GatewayMin, testport.GatewayMax)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 type syncBuffer struct {

@@ -31,6 +31,7 @@ import (
 	"github.com/kohakuriver/kohakuriver/agent/docker"
 	"github.com/kohakuriver/kohakuriver/gateway"
 	"github.com/kohakuriver/kohakuriver/gateway/api"
+	"github.com/kohakuriver/kohakuriver/gateway/testport"
 	"github.com/kohakuriver/kohakuriver/store"
 )
 
@@ -88,12 +89,12 @@ type runningAgent struct {
 }
 
 func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	t.Helper()
+	p, err := testport.Free(testport.HostMin, testport.HostMax)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 func newCluster(t *testing.T, nodes ...string) *cluster {
