@@ -147,14 +147,7 @@ func TestSSHLocalPortReachesGateway(t *testing.T) {
 }
 
 // freePort returns a TCP port that was free a moment ago (see testport).
-func freePort(t *testing.T) int {
-	t.Helper()
-	p, err := testport.Free(testport.CLIMin, testport.CLIMax)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
+func freePort(t *testing.T) int { return testport.Pick(t, testport.CLI) }
 
 // waitForMatch waits until re matches the output and returns its first
 // group, failing if the command ends first.

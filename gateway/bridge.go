@@ -149,10 +149,9 @@ type half struct {
 	reqs <-chan *gossh.Request
 	// dataOpen: the copies' end has not been handled yet.
 	dataOpen bool
-	// out runs what is sent to dst, in order.
+	// out runs what is sent to dst, in order, and signals the pair's wake
+	// channel (see bridgeLoop) after each function.
 	out *serialQueue
-	// wake is the pair's (see bridgeLoop).
-	wake chan struct{}
 	// The copies' side, safe from any goroutine: the sources of data and
 	// extended data, started (closed once the copies may begin, see
 	// tap.holdDataUntilStart), extendedClaimed (set by whoever copies the
@@ -178,7 +177,7 @@ type half struct {
 // newHalf starts the copies of src's data to dst (once started, see
 // tap.holdDataUntilStart) and returns the half for bridge to drive.
 func newHalf(src gossh.Channel, srcReqs <-chan *gossh.Request, dst gossh.Channel, t tap, wake chan struct{}) *half {
-	h := &half{dst: dst, t: t, reqs: srcReqs, dataOpen: true, out: newSerialQueue(wake), wake: wake,
+	h := &half{dst: dst, t: t, reqs: srcReqs, dataOpen: true, out: newSerialQueue(wake),
 		stdout: src, stderr: src.Stderr(), started: make(chan struct{})}
 	if t.data != nil {
 		h.stdout, h.stderr = io.TeeReader(h.stdout, t.data), io.TeeReader(h.stderr, t.data)
@@ -213,7 +212,7 @@ func (h *half) copyExtendedBeside() {
 
 func (h *half) copyEnded() {
 	if h.copiesLeft.Add(-1) == 0 {
-		signal(h.wake)
+		signal(h.out.wake)
 	}
 }
 

@@ -268,9 +268,19 @@ func TestBridgeSessionStderrIsLive(t *testing.T) {
 	}
 
 	out, outErr := randomText(t, 100<<10), randomText(t, 100<<10)
-	go func() {
+	vpsEndsSession(t, client, vps, done, out, outErr, func() {
 		_, _ = vps.ch.Write([]byte(out))
 		_, _ = vps.ch.Stderr().Write([]byte(outErr))
+	})
+}
+
+// vpsEndsSession has the VPS side run send (which writes out and outErr),
+// then send EOF and close; the client must read exactly out on stdout and
+// outErr on stderr, and the bridge return once the client closed too.
+func vpsEndsSession(t *testing.T, client, vps channelEnd, done <-chan struct{}, out, outErr string, send func()) {
+	t.Helper()
+	go func() {
+		send()
 		_ = vps.ch.CloseWrite()
 		_ = vps.ch.Close()
 	}()
@@ -317,23 +327,11 @@ func TestBridgeSessionPTYStderrAfterData(t *testing.T) {
 				t.Errorf("bridge runs %d goroutines, want %d", n, tc.goroutines)
 			}
 			out, outErr := randomText(t, 300<<10), randomText(t, 100<<10)
-			go func() {
+			vpsEndsSession(t, client, vps, done, out, outErr, func() {
 				_, _ = vps.ch.Stderr().Write([]byte(outErr[:len(outErr)/2]))
 				_, _ = vps.ch.Write([]byte(out))
 				_, _ = vps.ch.Stderr().Write([]byte(outErr[len(outErr)/2:]))
-				_ = vps.ch.CloseWrite()
-				_ = vps.ch.Close()
-			}()
-			errc := make(chan string, 1)
-			go func() { b, _ := io.ReadAll(client.ch.Stderr()); errc <- string(b) }()
-			if got := readAllWithin(t, "client stdout", client.ch); got != out {
-				t.Fatalf("client stdout: %d bytes, want %d", len(got), len(out))
-			}
-			if got := within(t, "client stderr", func() string { return <-errc }); got != outErr {
-				t.Fatalf("client stderr: %d bytes, want %d", len(got), len(outErr))
-			}
-			_ = client.ch.Close()
-			within(t, "bridge to return", func() struct{} { <-done; return struct{}{} })
+			})
 		})
 	}
 }

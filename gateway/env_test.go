@@ -266,14 +266,7 @@ func waitBanner(addr string, exited <-chan error, max time.Duration) error {
 	return fmt.Errorf("no SSH banner at %s", addr)
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	p, err := testport.Free(testport.GatewayMin, testport.GatewayMax)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
+func freePort(t testing.TB) int { return testport.Pick(t, testport.Gateway) }
 
 type syncBuffer struct {
 	mu sync.Mutex

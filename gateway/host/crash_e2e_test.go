@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/kohakuriver/kohakuriver/gateway/api"
+	"github.com/kohakuriver/kohakuriver/gateway/testport"
 	"github.com/kohakuriver/kohakuriver/store"
 )
 
@@ -33,7 +34,7 @@ func TestHostKilledDuringCreates(t *testing.T) {
 	}
 	dataDir := t.TempDir()
 	apiPort, sshPort := freePort(t), freePort(t)
-	portMin := vpsPortBlock(30)
+	portMin := testport.Block(testport.HostBlocks, 30)
 	apiURL := fmt.Sprintf("http://127.0.0.1:%d", apiPort)
 	logs := &syncBuffer{}
 	startHost := func() *exec.Cmd {

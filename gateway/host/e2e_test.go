@@ -14,7 +14,6 @@ import (
 	"encoding/pem"
 	"fmt"
 	"log/slog"
-	mathrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -88,14 +87,7 @@ type runningAgent struct {
 	rt     *docker.Runtime
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	p, err := testport.Free(testport.HostMin, testport.HostMax)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
+func freePort(t *testing.T) int { return testport.Pick(t, testport.Host) }
 
 func newCluster(t *testing.T, nodes ...string) *cluster {
 	t.Helper()
@@ -103,7 +95,7 @@ func newCluster(t *testing.T, nodes ...string) *cluster {
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	c := &cluster{t: t, dataDir: t.TempDir(), agents: map[string]*runningAgent{}, logs: logs}
-	c.portBase = vpsPortBlock(10)
+	c.portBase = testport.Block(testport.HostBlocks, 10)
 	h, err := New(Config{
 		DataDir: c.dataDir, APIAddr: "127.0.0.1:0", SSHAddr: "127.0.0.1:0", PortHost: "127.0.0.1",
 		PortMin: c.portBase, PortMax: c.portBase + 9, PublicHost: "127.0.0.1", Logger: log,
@@ -298,13 +290,4 @@ func (c *cluster) createVPS(cl *api.Client, node, name string, keys ...userKey) 
 		c.t.Fatalf("create vps %s: %v", name, err)
 	}
 	return v
-}
-
-// vpsPortBlock picks the first of n ports for a test host's VPS listeners,
-// at random in 20000-32767: below Linux's default ephemeral range (32768-
-// 60999), where the outgoing connections of tests running in parallel would
-// sometimes hold one of them ("address already in use").
-func vpsPortBlock(n int) int {
-	const lo, hi = 20000, 32768
-	return lo + mathrand.IntN((hi-lo)/n-1)*n
 }
