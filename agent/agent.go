@@ -33,6 +33,12 @@ type Config struct {
 	// is loopback (then the loopback address is advertised); see
 	// advertiseAddr.
 	AdvertiseAddr string
+	// RelaySocket is the absolute path of a unix socket on which the agent
+	// hands sockets to its VPSs' sshds over to a gateway on this machine
+	// (see package relay, "Handoff"), so that the gateway's bytes skip the
+	// relay. Empty: no handoff; the gateway relays over TCP. If the socket
+	// cannot be set up the agent logs why and runs without it.
+	RelaySocket string
 	// HostURL is the host API's base URL (http://host:8000). Required.
 	HostURL string
 	// ClusterToken is the shared secret of host and agents. Required.
@@ -54,9 +60,15 @@ type Agent struct {
 	relay   *relay.Handler
 	httpSrv *http.Server
 	hostAPI *api.AgentAPI
+	bootID  string
 
-	mu sync.Mutex
-	ln net.Listener
+	// localSrv serves only the relay, on localLn (RelaySocket); both nil
+	// when there is no handoff socket.
+	localSrv *http.Server
+
+	mu      sync.Mutex
+	ln      net.Listener
+	localLn net.Listener
 }
 
 // New validates cfg and builds the agent's handlers.
@@ -96,6 +108,8 @@ func New(cfg Config) (*Agent, error) {
 	mux.Handle(relay.Pattern, a.relay)
 	mux.Handle("/v1/", control.NewHandler(verifier, cfg.Runtime, cfg.Name, a.log))
 	a.httpSrv = relay.NewHTTPServer(mux, a.log)
+	a.localSrv = relay.NewHTTPServer(a.relay, a.log)
+	a.bootID = relay.BootID()
 	a.hostAPI = &api.AgentAPI{BaseURL: cfg.HostURL, ClusterToken: cfg.ClusterToken}
 	return a, nil
 }
@@ -129,7 +143,35 @@ func (a *Agent) Listen() error {
 	a.ln = ln
 	a.cfg.AdvertiseAddr = adv
 	a.mu.Unlock()
+	a.listenLocal()
 	return nil
+}
+
+// listenLocal binds the handoff socket, if configured. Failing is not
+// fatal: the gateway then relays over TCP, only slower.
+func (a *Agent) listenLocal() {
+	if a.cfg.RelaySocket == "" {
+		return
+	}
+	ln, err := relay.ListenLocal(a.cfg.RelaySocket)
+	if err != nil {
+		a.log.Warn("no handoff socket: a gateway on this machine will relay over TCP", "err", err)
+		return
+	}
+	a.mu.Lock()
+	a.localLn = ln
+	a.mu.Unlock()
+}
+
+// LocalSocket is the path of the handoff socket the agent serves, or ""
+// (after Listen).
+func (a *Agent) LocalSocket() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.localLn == nil {
+		return ""
+	}
+	return a.cfg.RelaySocket
 }
 
 // advertiseAddr is the address the agent reports to the host, which the
@@ -223,6 +265,23 @@ func (a *Agent) Run(ctx context.Context) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- a.httpSrv.Serve(ln) }()
 	a.log.Info("agent listening", "addr", ln.Addr().String(), "advertise", a.cfg.AdvertiseAddr)
+	localDone := make(chan struct{})
+	defer func() { <-localDone }()
+	a.mu.Lock()
+	localLn := a.localLn
+	a.mu.Unlock()
+	if localLn == nil {
+		close(localDone)
+	} else {
+		a.log.Info("handing VPS sockets over on the local socket", "path", a.cfg.RelaySocket)
+		go func() {
+			defer close(localDone)
+			// Losing the socket costs speed, not service: log and go on.
+			if err := a.localSrv.Serve(localLn); !errors.Is(err, http.ErrServerClosed) {
+				a.log.Warn("handoff socket failed: a gateway on this machine will relay over TCP", "err", err)
+			}
+		}()
+	}
 
 	reportDone := make(chan struct{})
 	go func() { defer close(reportDone); a.reportLoop(ctx) }()
@@ -245,6 +304,14 @@ func (a *Agent) Close() error {
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := a.httpSrv.Shutdown(shutdownCtx)
+	if lerr := a.localSrv.Shutdown(shutdownCtx); err == nil {
+		err = lerr
+	}
+	a.mu.Lock()
+	if a.localLn != nil {
+		a.localLn.Close() // removes the socket file, also when never served
+	}
+	a.mu.Unlock()
 	if rerr := a.relay.Close(); err == nil {
 		err = rerr
 	}
@@ -299,6 +366,9 @@ func (a *Agent) report(ctx context.Context) (api.AgentReport, error) {
 		return api.AgentReport{}, fmt.Errorf("list containers: %w", err)
 	}
 	r := api.AgentReport{Name: a.cfg.Name, Address: a.cfg.AdvertiseAddr, Cores: a.cfg.Cores, MemoryMB: a.cfg.MemoryMB}
+	if path := a.LocalSocket(); path != "" && a.bootID != "" {
+		r.RelaySocket, r.BootID = path, a.bootID
+	}
 	for _, info := range infos {
 		r.VPS = append(r.VPS, control.State(info))
 	}

@@ -1,12 +1,18 @@
 package agent
 
 import (
+	"context"
+	"errors"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/kohakuriver/kohakuriver/agent/control"
+	"github.com/kohakuriver/kohakuriver/agent/docker"
+	"github.com/kohakuriver/kohakuriver/agent/relay"
 )
 
 func TestAdvertiseAddr(t *testing.T) {
@@ -105,5 +111,62 @@ func TestListenAdvertisesLoopbackForLoopbackHost(t *testing.T) {
 	port := a.Addr().(*net.TCPAddr).Port
 	if want := "127.0.0.1:" + strconv.Itoa(port); a.cfg.AdvertiseAddr != want {
 		t.Fatalf("advertise %q, want %q", a.cfg.AdvertiseAddr, want)
+	}
+}
+
+// emptyRuntime runs no containers.
+type emptyRuntime struct{ control.Runtime }
+
+func (emptyRuntime) List(context.Context) ([]docker.Info, error) { return nil, nil }
+
+func TestRelaySocket(t *testing.T) {
+	dir, err := os.MkdirTemp("", "kr-agent-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	start := func(socket string) *Agent {
+		t.Helper()
+		a, err := New(Config{
+			Name: "n1", ListenAddr: "127.0.0.1:0", HostURL: "http://127.0.0.1:8000", RelaySocket: socket,
+			ClusterToken: strings.Repeat("t", 64), Runtime: emptyRuntime{},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Listen(); err != nil {
+			t.Fatalf("Listen: %v", err)
+		}
+		t.Cleanup(func() { a.ln.Close(); a.Close() })
+		return a
+	}
+
+	path := filepath.Join(dir, "relay.sock")
+	a := start(path)
+	if got := a.LocalSocket(); got != path {
+		t.Fatalf("LocalSocket = %q, want %q", got, path)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Type() != os.ModeSocket {
+		t.Fatalf("handoff socket: %v %v", fi, err)
+	}
+	rep, err := a.report(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if boot := relay.BootID(); boot != "" && (rep.RelaySocket != path || rep.BootID != boot) {
+		t.Fatalf("report names socket %q boot id %q, want %q and %q", rep.RelaySocket, rep.BootID, path, boot)
+	}
+	a.Close()
+	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("handoff socket after Close: %v, want it removed", err)
+	}
+
+	// A socket that cannot be set up costs the handoff, not the agent.
+	b := start("relative.sock")
+	if b.LocalSocket() != "" {
+		t.Fatalf("LocalSocket = %q for an unusable path", b.LocalSocket())
+	}
+	if rep, err := b.report(t.Context()); err != nil || rep.RelaySocket != "" || rep.BootID != "" {
+		t.Fatalf("report without a socket = %+v, %v", rep, err)
 	}
 }

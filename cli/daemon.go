@@ -13,6 +13,7 @@ import (
 
 	"github.com/kohakuriver/kohakuriver/agent"
 	"github.com/kohakuriver/kohakuriver/agent/docker"
+	"github.com/kohakuriver/kohakuriver/agent/relay"
 	"github.com/kohakuriver/kohakuriver/gateway/host"
 )
 
@@ -161,6 +162,49 @@ type AgentFlags struct {
 	HostURL          string `name:"host-url" default:"http://127.0.0.1:8000" env:"KOHAKURIVER_HOST_URL" help:"The host API's base URL."`
 	ClusterToken     string `name:"cluster-token" env:"KOHAKURIVER_CLUSTER_TOKEN" help:"Cluster token (prefer --cluster-token-file)."`
 	ClusterTokenFile string `name:"cluster-token-file" default:".kohakuriver/cluster.token" help:"File holding the cluster token (written by the host)."`
+	RelaySocket      string `name:"relay-socket" env:"KOHAKURIVER_RELAY_SOCKET" help:"Unix socket on which the agent hands VPS connections to a host on this machine, so that their bytes skip the relay (default: kohakuriver/relay-<name>.sock in $XDG_RUNTIME_DIR, /run as root, else /tmp/kohakuriver-<uid>; 'off' to relay everything over TCP)."`
+}
+
+// relaySocket is the handoff socket path the flags select, "" for none.
+func (f AgentFlags) relaySocket(node string) string {
+	switch f.RelaySocket {
+	case "off":
+		return ""
+	case "":
+		return defaultRelaySocket(node)
+	}
+	if abs, err := filepath.Abs(f.RelaySocket); err == nil {
+		return abs
+	}
+	return f.RelaySocket
+}
+
+// defaultRelaySocket is the handoff socket of node: in the user's runtime
+// directory, which only that user can enter (the agent checks the
+// directory's owner and mode before it listens there).
+func defaultRelaySocket(node string) string {
+	var dir string
+	switch {
+	case os.Getenv("XDG_RUNTIME_DIR") != "":
+		dir = filepath.Join(os.Getenv("XDG_RUNTIME_DIR"), "kohakuriver")
+	case os.Geteuid() == 0:
+		dir = "/run/kohakuriver"
+	default:
+		dir = filepath.Join(os.TempDir(), fmt.Sprintf("kohakuriver-%d", os.Geteuid()))
+	}
+	safe := []byte(node)
+	for i, b := range safe {
+		if !(b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9' || b == '-' || b == '_' || b == '.') {
+			safe[i] = '_'
+		}
+	}
+	name := "relay-" + string(safe)
+	// Unix socket paths are short; a long node name is cut (the socket is
+	// per machine, and two agents on one machine differ early in theirs).
+	if room := relay.MaxSocketPath - len(dir) - len("/.sock"); len(name) > room && room > len("relay-") {
+		name = name[:room]
+	}
+	return filepath.Join(dir, name+".sock")
 }
 
 func (f AgentFlags) token() (string, error) {
@@ -189,7 +233,7 @@ func (f AgentFlags) build(log *slog.Logger) (*agent.Agent, *docker.Runtime, erro
 	}
 	a, err := agent.New(agent.Config{
 		Name: name, ListenAddr: f.Listen, AdvertiseAddr: f.Advertise, HostURL: f.HostURL,
-		ClusterToken: token, Runtime: rt, Logger: log,
+		ClusterToken: token, Runtime: rt, Logger: log, RelaySocket: f.relaySocket(name),
 	})
 	if err != nil {
 		rt.Close()

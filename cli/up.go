@@ -66,7 +66,7 @@ func (c *UpCmd) Run() error {
 
 	ag, err := agent.New(agent.Config{
 		Name: "local", ListenAddr: upAgentAddr, HostURL: "http://" + upAPIAddr,
-		ClusterToken: h.ClusterToken, Runtime: rt, Logger: log,
+		ClusterToken: h.ClusterToken, Runtime: rt, Logger: log, RelaySocket: defaultRelaySocket("local"),
 	})
 	if err != nil {
 		return err

@@ -104,7 +104,13 @@ const (
 type Node struct {
 	Name string `json:"name"`
 	// Address is the agent's host:port for the relay and its API.
-	Address       string     `json:"address"`
+	Address string `json:"address"`
+	// RelaySocket is the agent's handoff socket (a unix socket path) and
+	// BootID the boot id of the kernel the agent runs on. The gateway tries
+	// the socket only on a machine with the same boot id, before relaying
+	// through Address. Both empty when the agent has no such socket.
+	RelaySocket   string     `json:"relay_socket,omitempty"`
+	BootID        string     `json:"boot_id,omitempty"`
 	Status        NodeStatus `json:"status"`
 	Cores         int        `json:"cores"`
 	MemoryMB      int64      `json:"memory_mb"`

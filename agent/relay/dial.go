@@ -45,6 +45,22 @@ type Dialer struct {
 // ErrUnreachable, ErrBadRequest or ErrRefused, followed by the agent's
 // explanation; when ctx ends first they also wrap ctx's error.
 func (d *Dialer) Dial(ctx context.Context, agentAddr, taskID string) (net.Conn, error) {
+	return d.dial(ctx, "tcp", agentAddr, taskID)
+}
+
+// DialLocal asks the agent listening on the unix socket socketPath (see
+// ListenLocal) for a handoff: the agent dials the sshd of VPS taskID and
+// passes that TCP socket over, so that no process relays the bytes. It
+// returns the socket (a *net.TCPConn) and errors like Dial's; a socket that
+// cannot be reached, or a peer that does not hand off, gives
+// ErrAgentUnreachable, after which the caller may relay with Dial instead.
+func (d *Dialer) DialLocal(ctx context.Context, socketPath, taskID string) (net.Conn, error) {
+	return d.dial(ctx, "unix", socketPath, taskID)
+}
+
+// dial runs a relay request over network ("tcp": a relay; "unix": a
+// handoff) to addr.
+func (d *Dialer) dial(ctx context.Context, network, addr, taskID string) (net.Conn, error) {
 	if !store.IsTaskID(taskID) {
 		return nil, fmt.Errorf("%w: task id %q is not 19 digits", ErrBadRequest, taskID)
 	}
@@ -56,19 +72,21 @@ func (d *Dialer) Dial(ctx context.Context, agentAddr, taskID string) (net.Conn, 
 	defer cancel()
 
 	var nd net.Dialer
-	c, err := nd.DialContext(ctx, "tcp", agentAddr)
+	c, err := nd.DialContext(ctx, network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrAgentUnreachable, err)
 	}
-	conn, err := d.handshake(ctx, c, agentAddr, taskID)
+	conn, err := d.handshake(ctx, c, addr, taskID)
+	if err != nil || network == "unix" {
+		c.Close() // a handoff's answer came with a socket of its own
+	}
 	if err != nil {
-		c.Close()
 		return nil, err
 	}
 	return conn, nil
 }
 
-func (d *Dialer) handshake(ctx context.Context, c net.Conn, agentAddr, taskID string) (*Conn, error) {
+func (d *Dialer) handshake(ctx context.Context, c net.Conn, agentAddr, taskID string) (net.Conn, error) {
 	// When ctx ends (Timeout, or the caller cancels) AfterFunc sets a past
 	// deadline that unblocks the read or write in progress. No deadline is
 	// set from ctx.Deadline up front: then the socket could time out before
@@ -81,6 +99,7 @@ func (d *Dialer) handshake(ctx context.Context, c net.Conn, agentAddr, taskID st
 		// its deadline in the past, and a failed read was caused by it.
 		switch {
 		case err == nil:
+			conn.Close()
 			return nil, fmt.Errorf("%w: handshake: %w", ErrAgentUnreachable, cause)
 		case errors.Is(err, ErrAgentUnreachable):
 			return nil, fmt.Errorf("%w (%w)", err, cause)
@@ -93,37 +112,58 @@ func (d *Dialer) handshake(ctx context.Context, c net.Conn, agentAddr, taskID st
 	return conn, nil
 }
 
-// exchange writes the signed upgrade request and reads the answer.
-func (d *Dialer) exchange(c net.Conn, agentAddr, taskID string) (*Conn, error) {
-	req, err := http.NewRequest(http.MethodGet, "http://"+agentAddr+PathPrefix+taskID, nil)
+// exchange writes the signed upgrade request and reads the answer: on a
+// unix socket a handoff, whose 101 carries the socket to use.
+func (d *Dialer) exchange(c net.Conn, agentAddr, taskID string) (net.Conn, error) {
+	protocol, host := Protocol, agentAddr
+	uc, local := c.(*net.UnixConn)
+	if local {
+		protocol, host = HandoffProtocol, "agent.local"
+	}
+	req, err := http.NewRequest(http.MethodGet, "http://"+host+PathPrefix+taskID, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadRequest, err)
 	}
 	req.Header.Set("Connection", "Upgrade")
-	req.Header.Set("Upgrade", Protocol)
+	req.Header.Set("Upgrade", protocol)
 	req.Header.Set("User-Agent", Protocol)
 	clusterauth.Sign(req, d.Token, nil)
 	if err := req.Write(c); err != nil {
 		return nil, fmt.Errorf("%w: send handshake: %w", ErrAgentUnreachable, err)
 	}
 
-	br := bufio.NewReader(&io.LimitedReader{R: c, N: maxResponseHead})
+	var src io.Reader = c
+	var rights *rightsReader
+	if local {
+		rights = &rightsReader{c: uc}
+		defer rights.closeAll()
+		src = rights
+	}
+	br := bufio.NewReader(&io.LimitedReader{R: src, N: maxResponseHead})
 	resp, err := http.ReadResponse(br, req)
 	if err != nil {
 		return nil, fmt.Errorf("%w: read handshake answer: %w", ErrAgentUnreachable, err)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusSwitchingProtocols {
-		if !strings.EqualFold(resp.Header.Get("Upgrade"), Protocol) {
-			return nil, fmt.Errorf("%w: peer upgraded to %q, not %s", ErrAgentUnreachable, resp.Header.Get("Upgrade"), Protocol)
-		}
-		// Bytes read past the answer already belong to the relay (sshd
-		// speaks first, so its banner often shares a segment with the 101).
-		n := br.Buffered()
-		early, _ := br.Peek(n) // cannot fail: n bytes are buffered
-		return newConn(c, early), nil
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		return nil, statusError(resp)
 	}
-	return nil, statusError(resp)
+	if !strings.EqualFold(resp.Header.Get("Upgrade"), protocol) {
+		return nil, fmt.Errorf("%w: peer upgraded to %q, not %s", ErrAgentUnreachable, resp.Header.Get("Upgrade"), protocol)
+	}
+	if local {
+		// The sshd's bytes arrive on the passed socket; none may follow
+		// the answer here.
+		if br.Buffered() > 0 {
+			return nil, fmt.Errorf("%w: %d stray bytes after the handoff answer", ErrAgentUnreachable, br.Buffered())
+		}
+		return rights.takeConn()
+	}
+	// Bytes read past the answer already belong to the relay (sshd
+	// speaks first, so its banner often shares a segment with the 101).
+	n := br.Buffered()
+	early, _ := br.Peek(n) // cannot fail: n bytes are buffered
+	return newConn(c, early), nil
 }
 
 // statusError maps a refusal to its sentinel, with the agent's message.

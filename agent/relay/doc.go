@@ -49,6 +49,24 @@
 // Other conn types use pooled 128 KiB buffers. Half-closes are forwarded
 // (CloseWrite), so SSH's EOF semantics survive the hop; see pipe.
 //
+// # Handoff: no relay at all on the host's own machine
+//
+// When the agent runs on the host's machine (a single-node cluster, or the
+// host's machine is also a node), copying every byte through the agent costs
+// that machine about a core-second per GiB beside the gateway's own work.
+// There the agent also listens on a unix socket (ListenLocal) and the
+// gateway calls DialLocal: the same signed request with Upgrade
+// HandoffProtocol, which the agent checks and resolves exactly like a relay
+// request, dials the sshd, and answers "101" with that TCP socket attached
+// (SCM_RIGHTS). The gateway then speaks SSH on the socket itself and the
+// agent forgets it. The socket is found through the agent's report: its path
+// and the kernel's boot id (BootID), tried only when the host's boot id is
+// the same; anything that goes wrong before an answer falls back to Dial.
+//
+// What changes for a handed-off connection: Handler.Close and the relay
+// limit no longer reach it (stopping the VPS still ends it, as it ends a
+// relay), and the agent logs "relay handed off" instead of "relay closed".
+//
 // # Caveats
 //
 //   - Nothing is dialled before the request is authenticated and the path

@@ -55,8 +55,12 @@ type Targets interface {
 // Request order: verify the signature (401); check method, upgrade headers,
 // body and path (405, 426, 400); take a relay slot (503); resolve the target
 // with Targets (404, 409, 500); dial it within the dial timeout (502); hijack
-// and answer 101; copy bytes both ways until both directions end. Nothing
-// is dialled before the request is authenticated and the task id is valid.
+// and answer 101; copy bytes both ways until both directions end. A handoff
+// (HandoffProtocol, served only on a unix socket from ListenLocal) ends
+// instead with the 101 carrying the dialled socket, and the slot is freed:
+// the relay is the requester's from then on, and Close does not reach it.
+// Nothing is dialled before the request is authenticated and the task id is
+// valid.
 type Handler struct {
 	// Set by NewHandler and its options; read-only afterwards.
 	verifier         *clusterauth.Verifier
@@ -209,7 +213,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(status, err.Error()) // Verify's errors are safe to show
 		return
 	}
-	taskID, status, msg := checkRequest(r)
+	taskID, handoff, status, msg := checkRequest(r)
 	if status != 0 {
 		log.Warn("relay refused", "status", status, "err", msg)
 		if status == http.StatusUpgradeRequired {
@@ -252,6 +256,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Hijacked conns may carry the server's read/write deadlines; a relay
 	// lives as long as the SSH connection inside it.
 	client.SetDeadline(time.Time{})
+	if handoff {
+		err := h.handOff(client, target, brw.Reader)
+		client.Close()
+		target.Close()
+		if err != nil {
+			log.Info("relay handoff failed", "target", addr, "err", err)
+			return
+		}
+		log.Info("relay handed off", "target", addr, "setup", time.Since(start))
+		return
+	}
 	if err := h.switchProtocols(client, target, brw.Reader); err != nil {
 		log.Info("relay handshake failed", "target", addr, "err", err)
 		client.Close()
@@ -269,24 +284,34 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // checkRequest validates what Verify does not: the method, the upgrade
 // headers, the absence of a body, and the exact path shape. It returns the
-// task id, or an HTTP status and a message for the peer.
-func checkRequest(r *http.Request) (taskID string, status int, msg string) {
+// task id and whether the request asks for a handoff (only on the local
+// socket), or an HTTP status and a message for the peer.
+func checkRequest(r *http.Request) (taskID string, handoff bool, status int, msg string) {
 	if r.Method != http.MethodGet {
-		return "", http.StatusMethodNotAllowed, "relay requests use GET"
+		return "", false, http.StatusMethodNotAllowed, "relay requests use GET"
 	}
 	if r.ContentLength != 0 || len(r.TransferEncoding) > 0 {
-		return "", http.StatusBadRequest, "relay requests carry no body"
+		return "", false, http.StatusBadRequest, "relay requests carry no body"
 	}
 	// RawPath is set only when the path was percent-encoded: refuse that
 	// rather than reason about what it decodes to.
 	id, ok := strings.CutPrefix(r.URL.Path, PathPrefix)
 	if !ok || r.URL.RawPath != "" || !store.IsTaskID(id) {
-		return "", http.StatusBadRequest, "path must be " + PathPrefix + "<19-digit task id>"
+		return "", false, http.StatusBadRequest, "path must be " + PathPrefix + "<19-digit task id>"
 	}
-	if !headerHasToken(r.Header, "Connection", "upgrade") || !headerHasToken(r.Header, "Upgrade", Protocol) {
-		return "", http.StatusUpgradeRequired, "request must upgrade to " + Protocol
+	if !headerHasToken(r.Header, "Connection", "upgrade") {
+		return "", false, http.StatusUpgradeRequired, "request must upgrade to " + Protocol
 	}
-	return id, 0, ""
+	switch {
+	case headerHasToken(r.Header, "Upgrade", Protocol):
+		return id, false, 0, ""
+	case headerHasToken(r.Header, "Upgrade", HandoffProtocol):
+		if !onLocalSocket(r) {
+			return "", false, http.StatusBadRequest, "a handoff is served only on the agent's local socket; relay over TCP with " + Protocol
+		}
+		return id, true, 0, ""
+	}
+	return "", false, http.StatusUpgradeRequired, "request must upgrade to " + Protocol
 }
 
 // headerHasToken reports whether a comma-separated header contains token,
@@ -376,25 +401,14 @@ var switchingProtocols = []byte("HTTP/1.1 101 Switching Protocols\r\n" +
 // switchProtocols answers 101 on the hijacked client and forwards to target
 // any bytes the client sent behind its request (they sit in br, read ahead
 // by net/http), so that pipe can then copy socket to socket.
-func (h *Handler) switchProtocols(client, target net.Conn, br interface {
-	Buffered() int
-	Peek(int) ([]byte, error)
-}) error {
+func (h *Handler) switchProtocols(client, target net.Conn, br bufferedReader) error {
 	deadline := time.Now().Add(h.handshakeTimeout)
 	client.SetWriteDeadline(deadline)
 	if _, err := client.Write(switchingProtocols); err != nil {
 		return fmt.Errorf("write 101: %w", err)
 	}
 	client.SetWriteDeadline(time.Time{})
-	if n := br.Buffered(); n > 0 {
-		early, _ := br.Peek(n) // cannot fail: n bytes are buffered
-		target.SetWriteDeadline(deadline)
-		if _, err := target.Write(early); err != nil {
-			return fmt.Errorf("forward early bytes: %w", err)
-		}
-		target.SetWriteDeadline(time.Time{})
-	}
-	return nil
+	return forwardEarly(target, br, deadline)
 }
 
 // newRelayID returns a short id that sorts by creation time: base-36

@@ -94,6 +94,16 @@ type testAgent struct {
 // NewHTTPServer, after cfg (if any) adjusts the server.
 func startAgent(t *testing.T, targets *fakeTargets, cfg func(*http.Server), opts ...Option) *testAgent {
 	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return serveAgent(t, ln, targets, cfg, opts...)
+}
+
+// serveAgent serves a Handler over targets on ln until the test ends.
+func serveAgent(t *testing.T, ln net.Listener, targets *fakeTargets, cfg func(*http.Server), opts ...Option) *testAgent {
+	t.Helper()
 	v, err := clusterauth.NewVerifier(testToken)
 	if err != nil {
 		t.Fatal(err)
@@ -104,14 +114,9 @@ func startAgent(t *testing.T, targets *fakeTargets, cfg func(*http.Server), opts
 	if err != nil {
 		t.Fatal(err)
 	}
-	var handler http.Handler = h
-	srv := NewHTTPServer(handler, logger)
+	srv := NewHTTPServer(h, logger)
 	if cfg != nil {
 		cfg(srv)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
 	}
 	done := make(chan struct{})
 	go func() {

@@ -8,13 +8,18 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
+	"github.com/kohakuriver/kohakuriver/agent/relay"
 	"github.com/kohakuriver/kohakuriver/store"
 )
 
 // maxReportVPS bounds the VPS states in one agent report.
 const maxReportVPS = 10000
+
+// maxBootID bounds a reported boot id (Linux's is a 36-character UUID).
+const maxBootID = 64
 
 // errNoChange is returned by Update/Upsert functions to write nothing.
 var errNoChange = errors.New("no change")
@@ -89,6 +94,7 @@ func (srv *Server) report(w http.ResponseWriter, r *http.Request, register bool)
 				rep.Name, n.Address, now.Sub(n.LastHeartbeat).Round(time.Second), rep.Address, srv.hbTimeout)
 		}
 		n.Address, n.Cores, n.MemoryMB = rep.Address, rep.Cores, rep.MemoryMB
+		n.RelaySocket, n.BootID = rep.RelaySocket, rep.BootID
 		n.Status, n.LastHeartbeat = store.NodeOnline, now
 		if register {
 			n.RegisteredAt = now
@@ -130,6 +136,17 @@ func decodeReport(r *http.Request) (AgentReport, error) {
 	}
 	if host, port, err := net.SplitHostPort(rep.Address); err != nil || host == "" || port == "" {
 		return rep, errorf(http.StatusBadRequest, "address %q must be host:port, where the host reaches the agent", rep.Address)
+	}
+	if (rep.RelaySocket == "") != (rep.BootID == "") {
+		return rep, errorf(http.StatusBadRequest, "relay_socket and boot_id come together: the socket means something only on the machine of that boot id")
+	}
+	if rep.RelaySocket != "" {
+		if err := relay.CheckSocketPath(rep.RelaySocket); err != nil {
+			return rep, errorf(http.StatusBadRequest, "%v", err)
+		}
+		if len(rep.BootID) > maxBootID || strings.ContainsFunc(rep.BootID, func(r rune) bool { return r <= ' ' || r >= 0x7f }) {
+			return rep, errorf(http.StatusBadRequest, "boot_id must be at most %d printable characters (the kernel's random boot id)", maxBootID)
+		}
 	}
 	return rep, nil
 }

@@ -202,6 +202,22 @@ func TestRegisterAndHeartbeat(t *testing.T) {
 	if err := ag.Heartbeat(ctx, rep); err != nil {
 		t.Fatalf("Heartbeat: %v", err)
 	}
+	// The handoff socket is recorded with its boot id, and dropped when a
+	// later report has none.
+	rep.RelaySocket, rep.BootID = "/run/kohakuriver/relay-n2.sock", "0f5b2d0c-4f43-4c39-9d55-5c1a7f3b8e21"
+	if err := ag.Heartbeat(ctx, rep); err != nil {
+		t.Fatalf("Heartbeat with a relay socket: %v", err)
+	}
+	if n, _ := e.st.Node(ctx, "n2"); n.RelaySocket != rep.RelaySocket || n.BootID != rep.BootID {
+		t.Fatalf("node after a report with a relay socket = %+v", n)
+	}
+	rep.RelaySocket, rep.BootID = "", ""
+	if err := ag.Heartbeat(ctx, rep); err != nil {
+		t.Fatalf("Heartbeat: %v", err)
+	}
+	if n, _ := e.st.Node(ctx, "n2"); n.RelaySocket != "" || n.BootID != "" {
+		t.Fatalf("node kept a relay socket the agent no longer reports: %+v", n)
+	}
 
 	bad := []struct {
 		name string
@@ -212,6 +228,11 @@ func TestRegisterAndHeartbeat(t *testing.T) {
 		{"no address", func(r *AgentReport) { r.Address = "" }},
 		{"address without port", func(r *AgentReport) { r.Address = "10.0.0.1" }},
 		{"negative cores", func(r *AgentReport) { r.Cores = -1 }},
+		{"relay socket without boot id", func(r *AgentReport) { r.RelaySocket = "/run/k/relay.sock" }},
+		{"boot id without relay socket", func(r *AgentReport) { r.BootID = "0f5b2d0c" }},
+		{"relative relay socket", func(r *AgentReport) { r.RelaySocket, r.BootID = "relay.sock", "0f5b2d0c" }},
+		{"relay socket too long", func(r *AgentReport) { r.RelaySocket, r.BootID = "/"+strings.Repeat("s", 200), "0f5b2d0c" }},
+		{"boot id with a newline", func(r *AgentReport) { r.RelaySocket, r.BootID = "/run/k/relay.sock", "0f5b\n2d0c" }},
 	}
 	for _, tt := range bad {
 		t.Run(tt.name, func(t *testing.T) {

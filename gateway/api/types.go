@@ -65,6 +65,10 @@ type AgentReport struct {
 	Cores    int        `json:"cores"`
 	MemoryMB int64      `json:"memory_mb"`
 	VPS      []VPSState `json:"vps"`
+	// RelaySocket and BootID name the agent's handoff socket and the kernel
+	// it runs on; both empty when it has none (see store.Node).
+	RelaySocket string `json:"relay_socket,omitempty"`
+	BootID      string `json:"boot_id,omitempty"`
 }
 
 // CreateVPSRequest is the body of POST /api/v1/vps. Empty optional fields

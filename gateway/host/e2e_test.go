@@ -77,6 +77,9 @@ type cluster struct {
 	known    string // known_hosts pinning the gateway (main port and VPS ports)
 	logs     *syncBuffer
 	portBase int
+	// relaySockets, when set, gives each agent started afterwards a
+	// handoff socket (agent.Config.RelaySocket) at the path it returns.
+	relaySockets func(node string) string
 }
 
 type runningAgent struct {
@@ -158,8 +161,12 @@ func (c *cluster) startAgentAt(name, listen, hostURL string) *runningAgent {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var relaySocket string
+	if c.relaySockets != nil {
+		relaySocket = c.relaySockets(name)
+	}
 	a, err := agent.New(agent.Config{
-		Name: name, ListenAddr: listen, HostURL: hostURL,
+		Name: name, ListenAddr: listen, HostURL: hostURL, RelaySocket: relaySocket,
 		ClusterToken: c.host.ClusterToken, Runtime: rt, Logger: log, HeartbeatInterval: 500 * time.Millisecond,
 	})
 	if err != nil {

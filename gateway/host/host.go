@@ -175,7 +175,7 @@ func (h *Host) build() error {
 		UserCA:      userCA,
 		HopKeys:     hopKeys,
 		Directory:   h.store,
-		Hop:         &relayHop{dialer: &relay.Dialer{Token: id.ClusterToken}},
+		Hop:         &relayHop{dialer: &relay.Dialer{Token: id.ClusterToken}, bootID: relay.BootID(), log: h.log.With("component", "hop")},
 		Logger:      h.log.With("component", "gateway"),
 		PublicHost:  h.cfg.PublicHost,
 	}
@@ -329,19 +329,51 @@ func (h *Host) Shutdown(ctx context.Context, drain time.Duration) error {
 	return err
 }
 
-// relayHop dials VPS sshds through their node agents' relays.
-type relayHop struct{ dialer *relay.Dialer }
+// relayHop dials VPS sshds through their node agents: by handoff when the
+// agent runs on this machine (its socket is then the gateway's own, see
+// package relay), else through the agent's TCP relay.
+type relayHop struct {
+	dialer *relay.Dialer
+	bootID string // this kernel's; "" disables handoffs
+	log    *slog.Logger
+}
 
 func (r *relayHop) DialVPS(ctx context.Context, v store.VPS, node store.Node) (net.Conn, error) {
+	if r.bootID != "" && node.RelaySocket != "" && node.BootID == r.bootID {
+		c, err := r.dialer.DialLocal(ctx, node.RelaySocket, v.TaskID)
+		if err == nil || !handoffFallsBack(ctx, err) {
+			return c, hopError(err)
+		}
+		// The socket is missing or closed to this user, or belongs to
+		// another agent (a container on the same kernel): the TCP relay
+		// is always right.
+		r.log.Debug("handoff failed, relaying over TCP", "node", node.Name, "socket", node.RelaySocket, "err", err)
+	}
 	c, err := r.dialer.Dial(ctx, node.Address, v.TaskID)
+	return c, hopError(err)
+}
+
+// handoffFallsBack reports whether a failed handoff should be retried as a
+// TCP relay: when no agent answered (ErrAgentUnreachable), or another one
+// than the VPS's did (ErrUnknownVPS, ErrUnauthorized). The VPS's agent's own
+// answers (not running, sshd unreachable) stand.
+func handoffFallsBack(ctx context.Context, err error) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	return errors.Is(err, relay.ErrAgentUnreachable) || errors.Is(err, relay.ErrUnknownVPS) || errors.Is(err, relay.ErrUnauthorized)
+}
+
+// hopError maps the relay's errors to the gateway's.
+func hopError(err error) error {
 	switch {
 	case err == nil:
-		return c, nil
+		return nil
 	case errors.Is(err, relay.ErrUnknownVPS), errors.Is(err, relay.ErrNotRunning):
-		return nil, fmt.Errorf("%w: %w", gateway.ErrVPSNotRunning, err)
+		return fmt.Errorf("%w: %w", gateway.ErrVPSNotRunning, err)
 	case errors.Is(err, relay.ErrUnreachable):
-		return nil, fmt.Errorf("%w: %w", gateway.ErrSSHDUnreachable, err)
+		return fmt.Errorf("%w: %w", gateway.ErrSSHDUnreachable, err)
 	default:
-		return nil, fmt.Errorf("%w: %w", gateway.ErrNodeUnreachable, err)
+		return fmt.Errorf("%w: %w", gateway.ErrNodeUnreachable, err)
 	}
 }

@@ -1,0 +1,156 @@
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/kohakuriver/kohakuriver/agent/clusterauth"
+	"github.com/kohakuriver/kohakuriver/agent/relay"
+	"github.com/kohakuriver/kohakuriver/gateway"
+	"github.com/kohakuriver/kohakuriver/store"
+)
+
+const hopTestToken = "hop-test-token-0123456789abcdef0123"
+
+// countingTargets resolves every task id to addr, or fails with err, and
+// counts lookups.
+type countingTargets struct {
+	addr    string
+	err     error
+	lookups atomic.Int32
+}
+
+func (c *countingTargets) SSHAddr(context.Context, string) (string, error) {
+	c.lookups.Add(1)
+	return c.addr, c.err
+}
+
+// serveRelay serves a relay Handler over targets on ln until the test ends.
+func serveRelay(t *testing.T, ln net.Listener, targets relay.Targets) {
+	t.Helper()
+	v, err := clusterauth.NewVerifier(hopTestToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := relay.NewHandler(v, targets, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := relay.NewHTTPServer(h, nil)
+	done := make(chan struct{})
+	go func() { defer close(done); srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close(); <-done; h.Close() })
+}
+
+// sshdStandIn accepts connections and holds them until the test ends.
+func sshdStandIn(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns := make(chan net.Conn, 64)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns <- c
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		close(conns)
+		for c := range conns {
+			c.Close()
+		}
+	})
+	return ln.Addr().String()
+}
+
+// TestRelayHopHandoffRules: which way relayHop reaches a VPS, and which
+// failed handoffs it retries over the TCP relay.
+func TestRelayHopHandoffRules(t *testing.T) {
+	sshd := sshdStandIn(t)
+	tcpTargets := &countingTargets{addr: sshd}
+	tcpLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveRelay(t, tcpLn, tcpTargets)
+
+	dir, err := os.MkdirTemp("", "kr-hop-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	local := func(name string, targets relay.Targets) string {
+		path := filepath.Join(dir, name+".sock")
+		ln, err := relay.ListenLocal(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		serveRelay(t, ln, targets)
+		return path
+	}
+	good := local("good", &countingTargets{addr: sshd})
+	stopped := local("stopped", &countingTargets{err: fmt.Errorf("stopped: %w", relay.ErrNotRunning)})
+	other := local("other", &countingTargets{err: fmt.Errorf("not here: %w", relay.ErrUnknownVPS)})
+
+	hop := &relayHop{dialer: &relay.Dialer{Token: hopTestToken, Timeout: 5 * time.Second}, bootID: "boot-a", log: slog.New(slog.DiscardHandler)}
+	v := store.VPS{TaskID: "1234567890123456789"}
+	cases := []struct {
+		name     string
+		socket   string
+		bootID   string
+		handoff  bool  // the conn is the sshd socket itself
+		wantErr  error // else success
+		tcpTried bool
+	}{
+		{"same machine", good, "boot-a", true, nil, false},
+		{"another machine", good, "boot-b", false, nil, true},
+		{"no socket reported", "", "", false, nil, true},
+		{"socket gone", filepath.Join(dir, "gone.sock"), "boot-a", false, nil, true},
+		{"another agent's socket", other, "boot-a", false, nil, true},
+		{"vps stopped", stopped, "boot-a", false, gateway.ErrVPSNotRunning, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before := tcpTargets.lookups.Load()
+			node := store.Node{Name: "n", Address: tcpLn.Addr().String(), RelaySocket: tc.socket, BootID: tc.bootID}
+			c, err := hop.DialVPS(t.Context(), v, node)
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) {
+					t.Fatalf("DialVPS: %v, want %v", err, tc.wantErr)
+				}
+			} else {
+				if err != nil {
+					t.Fatalf("DialVPS: %v", err)
+				}
+				defer c.Close()
+				_, direct := c.(*net.TCPConn)
+				if direct != tc.handoff {
+					t.Fatalf("DialVPS returned %T; handed off = %v, want %v", c, direct, tc.handoff)
+				}
+				if got := c.RemoteAddr().String(); tc.handoff && got != sshd {
+					t.Fatalf("handed-off socket goes to %s, want the sshd %s", got, sshd)
+				}
+			}
+			if tried := tcpTargets.lookups.Load() > before; tried != tc.tcpTried {
+				t.Fatalf("TCP relay used: %v, want %v", tried, tc.tcpTried)
+			}
+		})
+	}
+}
