@@ -27,6 +27,7 @@ const (
 	envAgentHostURL = "KOHAKURIVER_BENCH_AGENT_HOST_URL"
 	envAgentToken   = "KOHAKURIVER_BENCH_AGENT_TOKEN"
 	envAgentVerbose = "KOHAKURIVER_BENCH_AGENT_VERBOSE"
+	envAgentSocket  = "KOHAKURIVER_BENCH_AGENT_RELAY_SOCKET"
 )
 
 // agentProc is the running child.
@@ -36,14 +37,15 @@ type agentProc struct {
 	done  chan error
 }
 
-// startAgentProc starts the agent child; it stops when its stdin closes.
-func startAgentProc(node, hostURL, token string, verbose bool) (*agentProc, error) {
+// startAgentProc starts the agent child, with a handoff socket at
+// relaySocket unless that is empty; it stops when its stdin closes.
+func startAgentProc(node, hostURL, token, relaySocket string, verbose bool) (*agentProc, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(exe, agentChildArg)
-	cmd.Env = append(os.Environ(), envAgentNode+"="+node, envAgentHostURL+"="+hostURL, envAgentToken+"="+token)
+	cmd.Env = append(os.Environ(), envAgentNode+"="+node, envAgentHostURL+"="+hostURL, envAgentToken+"="+token, envAgentSocket+"="+relaySocket)
 	if verbose {
 		cmd.Env = append(cmd.Env, envAgentVerbose+"=1")
 	}
@@ -100,6 +102,7 @@ func agentChild() int {
 	a, err := agent.New(agent.Config{
 		Name: node, ListenAddr: "127.0.0.1:0", HostURL: hostURL,
 		ClusterToken: token, Runtime: rt, Logger: log, HeartbeatInterval: 2 * time.Second,
+		RelaySocket: os.Getenv(envAgentSocket),
 	})
 	if err != nil {
 		return fail(err)

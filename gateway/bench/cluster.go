@@ -7,6 +7,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -132,7 +133,7 @@ func setup(ctx context.Context, o options) (e *env, err error) {
 	}
 	e.admin = api.NewClient("http://"+e.host.APIAddr().String(), strings.TrimSpace(string(tok)), nil)
 
-	if err := e.startAgent(ctx, log.With("side", "agent"), o.verbose); err != nil {
+	if err := e.startAgent(ctx, log.With("side", "agent"), o.verbose, o.handoff); err != nil {
 		return e, err
 	}
 	if err := e.createVPS(ctx); err != nil {
@@ -179,7 +180,7 @@ func (e *env) newClientKey() error {
 	return nil
 }
 
-func (e *env) startAgent(ctx context.Context, log *slog.Logger, verbose bool) error {
+func (e *env) startAgent(ctx context.Context, log *slog.Logger, verbose, handoff bool) error {
 	// This process keeps a Docker client of its own for the direct path's
 	// address and the cleanup; the agent itself runs in a child process.
 	rt, err := docker.New(docker.Options{NodeName: e.nodeName, Logger: log})
@@ -187,13 +188,24 @@ func (e *env) startAgent(ctx context.Context, log *slog.Logger, verbose bool) er
 		return err
 	}
 	e.rt = rt
-	if e.agent, err = startAgentProc(e.nodeName, "http://"+e.host.APIAddr().String(), e.host.ClusterToken, verbose); err != nil {
+	socket := ""
+	if handoff {
+		socket = filepath.Join(e.dir, "relay.sock") // e.dir is private (MkdirTemp)
+	}
+	if e.agent, err = startAgentProc(e.nodeName, "http://"+e.host.APIAddr().String(), e.host.ClusterToken, socket, verbose); err != nil {
 		return err
 	}
-	return waitUntil(ctx, 30*time.Second, "agent "+e.nodeName+" online", func() bool {
+	err = waitUntil(ctx, 30*time.Second, "agent "+e.nodeName+" online", func() bool {
 		n, err := e.host.Store().Node(ctx, e.nodeName)
 		return err == nil && n.Status == store.NodeOnline
 	})
+	if err != nil || !handoff {
+		return err
+	}
+	if n, _ := e.host.Store().Node(ctx, e.nodeName); n.RelaySocket == "" {
+		return errors.New("the agent reports no handoff socket (run with -v to see why, or -handoff=false to measure the TCP relay)")
+	}
+	return nil
 }
 
 // newVPS creates a VPS on the agent's node with the client key.

@@ -50,6 +50,7 @@ type options struct {
 	memProfile  string
 	image       string
 	verbose     bool
+	handoff     bool
 }
 
 // Measures that -only selects.
@@ -87,6 +88,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.memProfile, "memprofile", "", "write a heap profile while all -sessions sessions are open")
 	fs.StringVar(&o.image, "image", "kohakuriver/vps:latest", "VPS image (built by testdata/vpsimage/build.sh)")
 	fs.BoolVar(&o.verbose, "v", false, "log the host and agent to stderr")
+	fs.BoolVar(&o.handoff, "handoff", true, "the agent hands the sshd's socket to the gateway on its local socket, as on the host's own machine; false: every byte through the agent's TCP relay, as for a node on another machine")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -203,6 +205,7 @@ func run(ctx context.Context, o options) error {
 		Params: Params{
 			Rounds: o.rounds, SizeBytes: o.size, LatencyN: o.latencyN, Sessions: o.sessions,
 			Bulk: o.bulk, BulkRunning: o.bulkRunning, NoFile: nofile, Command: strings.Join(os.Args, " "),
+			Handoff: o.handoff,
 		},
 		Started: time.Now().UTC(),
 	}

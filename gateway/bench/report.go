@@ -55,6 +55,9 @@ type Params struct {
 	BulkRunning int    `json:"bulk_running"`
 	NoFile      uint64 `json:"rlimit_nofile"`
 	Command     string `json:"command"`
+	// Handoff: path C's agent handed the gateway the sshd's socket
+	// (-handoff); else it relayed every byte over TCP.
+	Handoff bool `json:"handoff"`
 }
 
 // Round holds one interleaved round: Upload[cipher][path] and
@@ -225,8 +228,12 @@ func (r *Results) printTable(w io.Writer) {
 	if len(r.Rounds) > 0 {
 		fmt.Fprintf(w, "medians over %d rounds; upload %s each; ", len(r.Rounds), humanBytes(r.Params.SizeBytes))
 	}
-	fmt.Fprintf(w, "A = direct OpenSSH, B = OpenSSH ProxyJump, C = kohakuriver gateway; load average %s at start, %s at end\n",
-		r.Machine.LoadAvgStart, r.Machine.LoadAvgEnd)
+	hop := "agent relay over TCP"
+	if r.Params.Handoff {
+		hop = "socket handed off by the local agent"
+	}
+	fmt.Fprintf(w, "A = direct OpenSSH, B = OpenSSH ProxyJump, C = kohakuriver gateway (%s); load average %s at start, %s at end\n",
+		hop, r.Machine.LoadAvgStart, r.Machine.LoadAvgEnd)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "measure\tunit\tA direct\tB jump\tC gateway\tC/A\tC/B\ttarget\tmet")
 	f := func(x *float64, prec int) string {
