@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/kohakuriver/kohakuriver/agent/clusterauth"
 	"github.com/kohakuriver/kohakuriver/agent/relay"
 	"github.com/kohakuriver/kohakuriver/gateway"
@@ -109,7 +112,11 @@ func TestRelayHopHandoffRules(t *testing.T) {
 	stopped := local("stopped", &countingTargets{err: fmt.Errorf("stopped: %w", relay.ErrNotRunning)})
 	other := local("other", &countingTargets{err: fmt.Errorf("not here: %w", relay.ErrUnknownVPS)})
 
-	hop := &relayHop{dialer: &relay.Dialer{Token: hopTestToken, Timeout: 5 * time.Second}, bootID: "boot-a", log: slog.New(slog.DiscardHandler)}
+	hop, err := newRelayHop(prometheus.NewRegistry(), hopTestToken, "boot-a", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hop.dialer.Timeout = 5 * time.Second
 	v := store.VPS{TaskID: "1234567890123456789"}
 	cases := []struct {
 		name     string
@@ -118,17 +125,20 @@ func TestRelayHopHandoffRules(t *testing.T) {
 		handoff  bool  // the conn is the sshd socket itself
 		wantErr  error // else success
 		tcpTried bool
+		fellBack bool // counted in handoff_fallbacks_total
 	}{
-		{"same machine", good, "boot-a", true, nil, false},
-		{"another machine", good, "boot-b", false, nil, true},
-		{"no socket reported", "", "", false, nil, true},
-		{"socket gone", filepath.Join(dir, "gone.sock"), "boot-a", false, nil, true},
-		{"another agent's socket", other, "boot-a", false, nil, true},
-		{"vps stopped", stopped, "boot-a", false, gateway.ErrVPSNotRunning, false},
+		{"same machine", good, "boot-a", true, nil, false, false},
+		{"another machine", good, "boot-b", false, nil, true, false},
+		{"no socket reported", "", "", false, nil, true, false},
+		{"socket gone", filepath.Join(dir, "gone.sock"), "boot-a", false, nil, true, true},
+		{"another agent's socket", other, "boot-a", false, nil, true, true},
+		{"vps stopped", stopped, "boot-a", false, gateway.ErrVPSNotRunning, false, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			before := tcpTargets.lookups.Load()
+			handoffs, relays := testutil.ToFloat64(hop.dials.WithLabelValues("handoff")), testutil.ToFloat64(hop.dials.WithLabelValues("relay"))
+			fallbacks := testutil.ToFloat64(hop.fallbacks)
 			node := store.Node{Name: "n", Address: tcpLn.Addr().String(), RelaySocket: tc.socket, BootID: tc.bootID}
 			c, err := hop.DialVPS(t.Context(), v, node)
 			if tc.wantErr != nil {
@@ -150,6 +160,23 @@ func TestRelayHopHandoffRules(t *testing.T) {
 			}
 			if tried := tcpTargets.lookups.Load() > before; tried != tc.tcpTried {
 				t.Fatalf("TCP relay used: %v, want %v", tried, tc.tcpTried)
+			}
+			// The metrics say the same.
+			dh := testutil.ToFloat64(hop.dials.WithLabelValues("handoff")) - handoffs
+			dr := testutil.ToFloat64(hop.dials.WithLabelValues("relay")) - relays
+			df := testutil.ToFloat64(hop.fallbacks) - fallbacks
+			wantH, wantR, wantF := 0.0, 0.0, 0.0
+			if tc.wantErr == nil && tc.handoff {
+				wantH = 1
+			}
+			if tc.wantErr == nil && !tc.handoff {
+				wantR = 1
+			}
+			if tc.fellBack {
+				wantF = 1
+			}
+			if dh != wantH || dr != wantR || df != wantF {
+				t.Fatalf("metrics moved by handoff %v relay %v fallbacks %v; want %v %v %v", dh, dr, df, wantH, wantR, wantF)
 			}
 		})
 	}

@@ -165,6 +165,10 @@ func (h *Host) build() error {
 	if err != nil {
 		return err
 	}
+	hop, err := newRelayHop(h.reg, id.ClusterToken, relay.BootID(), h.log.With("component", "hop"))
+	if err != nil {
+		return err
+	}
 	gcfg := gateway.Config{
 		Metrics:     metrics,
 		Audit:       h.cfg.AuditLog,
@@ -175,7 +179,7 @@ func (h *Host) build() error {
 		UserCA:      userCA,
 		HopKeys:     hopKeys,
 		Directory:   h.store,
-		Hop:         &relayHop{dialer: &relay.Dialer{Token: id.ClusterToken}, bootID: relay.BootID(), log: h.log.With("component", "hop")},
+		Hop:         hop,
 		Logger:      h.log.With("component", "gateway"),
 		PublicHost:  h.cfg.PublicHost,
 	}
@@ -336,21 +340,57 @@ type relayHop struct {
 	dialer *relay.Dialer
 	bootID string // this kernel's; "" disables handoffs
 	log    *slog.Logger
+	// dials counts the sockets it got, by way ("handoff" or "relay"), and
+	// fallbacks the handoffs it retried as relays: an operator's answer to
+	// "does the gateway skip the relay on this machine?".
+	dials     *prometheus.CounterVec
+	fallbacks prometheus.Counter
+}
+
+func newRelayHop(reg prometheus.Registerer, token, bootID string, log *slog.Logger) (*relayHop, error) {
+	r := &relayHop{
+		dialer: &relay.Dialer{Token: token},
+		bootID: bootID,
+		log:    log,
+		dials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "kohakuriver", Subsystem: "gateway", Name: "hop_dials_total",
+			Help: "Sockets to VPS sshds the gateway got, by way: handoff (from an agent on this machine) or relay (through an agent's TCP relay).",
+		}, []string{"via"}),
+		fallbacks: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "kohakuriver", Subsystem: "gateway", Name: "handoff_fallbacks_total",
+			Help: "Handoffs that failed before an agent answered for the VPS (socket missing, not permitted, another agent's) and were retried through the TCP relay.",
+		}),
+	}
+	for _, c := range []prometheus.Collector{r.dials, r.fallbacks} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
 }
 
 func (r *relayHop) DialVPS(ctx context.Context, v store.VPS, node store.Node) (net.Conn, error) {
 	if r.bootID != "" && node.RelaySocket != "" && node.BootID == r.bootID {
 		c, err := r.dialer.DialLocal(ctx, node.RelaySocket, v.TaskID)
-		if err == nil || !handoffFallsBack(ctx, err) {
-			return c, hopError(err)
+		if err == nil {
+			r.dials.WithLabelValues("handoff").Inc()
+			return c, nil
 		}
+		if !handoffFallsBack(ctx, err) {
+			return nil, hopError(err)
+		}
+		r.fallbacks.Inc()
 		// The socket is missing or closed to this user, or belongs to
 		// another agent (a container on the same kernel): the TCP relay
 		// is always right.
 		r.log.Debug("handoff failed, relaying over TCP", "node", node.Name, "socket", node.RelaySocket, "err", err)
 	}
 	c, err := r.dialer.Dial(ctx, node.Address, v.TaskID)
-	return c, hopError(err)
+	if err != nil {
+		return nil, hopError(err)
+	}
+	r.dials.WithLabelValues("relay").Inc()
+	return c, nil
 }
 
 // handoffFallsBack reports whether a failed handoff should be retried as a
