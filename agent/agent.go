@@ -279,6 +279,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			// Losing the socket costs speed, not service: log and go on.
 			if err := a.localSrv.Serve(localLn); !errors.Is(err, http.ErrServerClosed) {
 				a.log.Warn("handoff socket failed: a gateway on this machine will relay over TCP", "err", err)
+				a.mu.Lock()
+				a.localLn = nil // stop reporting it
+				a.mu.Unlock()
+				localLn.Close()
 			}
 		}()
 	}

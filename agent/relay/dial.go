@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -52,8 +53,9 @@ func (d *Dialer) Dial(ctx context.Context, agentAddr, taskID string) (net.Conn, 
 // ListenLocal) for a handoff: the agent dials the sshd of VPS taskID and
 // passes that TCP socket over, so that no process relays the bytes. It
 // returns the socket (a *net.TCPConn) and errors like Dial's; a socket that
-// cannot be reached, or a peer that does not hand off, gives
-// ErrAgentUnreachable, after which the caller may relay with Dial instead.
+// cannot be reached, is served by another user than this one or root, or a
+// peer that does not hand off, gives ErrAgentUnreachable, after which the
+// caller may relay with Dial instead.
 func (d *Dialer) DialLocal(ctx context.Context, socketPath, taskID string) (net.Conn, error) {
 	return d.dial(ctx, "unix", socketPath, taskID)
 }
@@ -75,6 +77,14 @@ func (d *Dialer) dial(ctx context.Context, network, addr, taskID string) (net.Co
 	c, err := nd.DialContext(ctx, network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrAgentUnreachable, err)
+	}
+	if uc, ok := c.(*net.UnixConn); ok {
+		// Only an agent of this user (or root) may hand us a socket: a path
+		// reported by a node is not trusted to name one.
+		if uid, err := peerUID(uc); err != nil || (uid != os.Geteuid() && uid != 0) {
+			c.Close()
+			return nil, fmt.Errorf("%w: %s is served by uid %d, neither this user's nor root's (%v)", ErrAgentUnreachable, addr, uid, err)
+		}
 	}
 	conn, err := d.handshake(ctx, c, addr, taskID)
 	if err != nil || network == "unix" {

@@ -61,7 +61,10 @@
 // (SCM_RIGHTS). The gateway then speaks SSH on the socket itself and the
 // agent forgets it. The socket is found through the agent's report: its path
 // and the kernel's boot id (BootID), tried only when the host's boot id is
-// the same; anything that goes wrong before an answer falls back to Dial.
+// the same. The host falls back to Dial when no agent of its user (or root)
+// answers there, or another agent than the VPS's does (unknown VPS, another
+// cluster token); the VPS's own agent's refusals stand, and so does a
+// handoff that timed out (the agent is there but stuck).
 //
 // What changes for a handed-off connection: Handler.Close and the relay
 // limit no longer reach it (stopping the VPS still ends it, as it ends a

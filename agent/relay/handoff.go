@@ -89,6 +89,9 @@ func (r *rightsReader) Read(p []byte) (int, error) {
 		r.oob = make([]byte, syscall.CmsgSpace(maxPassedFDs*4))
 	}
 	n, oobn, flags, _, err := r.c.ReadMsgUnix(p, r.oob)
+	// A failed read (a deadline, a reset) reports -1; io.Reader callers
+	// such as bufio panic on a negative count.
+	n, oobn = max(n, 0), max(oobn, 0)
 	if flags&syscall.MSG_CTRUNC != 0 {
 		r.truncated = true
 	}
@@ -140,11 +143,14 @@ func (r *rightsReader) takeConn() (net.Conn, error) {
 // Handler's http.Server of its own (the agent serves only the relay there).
 //
 // The socket is the agent's to give away sockets into its VPSs, so who may
-// connect is checked three times, any one of which suffices: the socket is
-// mode 0600 inside a directory that must be the agent user's and closed to
-// everyone else (it is created 0700 when missing), the listener drops a
-// peer whose uid is neither the agent's nor root's (SO_PEERCRED), and
-// every request is signed with the cluster token like any relay request.
+// connect is checked three ways: the socket is mode 0600 inside a directory
+// that must be the agent user's and closed to everyone else (it is created
+// 0700 when missing; only that last directory is checked, so its parents
+// must not be writable by others either: the defaults are /run, the user's
+// runtime directory or a per-user directory in /tmp), the listener drops a
+// peer whose uid is neither the agent's nor root's (SO_PEERCRED), and every
+// request is signed with the cluster token like any relay request. The
+// dialling side checks the listener's uid the same way (DialLocal).
 //
 // A stale socket file left by an agent that died is replaced; a socket on
 // which another process still answers is an error. Closing the listener

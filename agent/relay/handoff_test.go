@@ -3,12 +3,14 @@ package relay
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -171,15 +173,18 @@ func TestHandoffLeaksNoDescriptors(t *testing.T) {
 }
 
 // fakeHandoffAgent answers every request on a unix socket with answer and
-// the descriptors fds() returns, as a broken or hostile agent might.
-func fakeHandoffAgent(t *testing.T, answer []byte, fds func() []int) string {
+// the descriptors fds() returns, as a broken or hostile agent might; a nil
+// answer never answers, and waits for the caller to hang up. served gets a
+// value after each connection is closed on the agent's side.
+func fakeHandoffAgent(t *testing.T, answer []byte, fds func() []int) (path string, served <-chan struct{}) {
 	t.Helper()
-	path := filepath.Join(socketDir(t), "fake.sock")
+	path = filepath.Join(socketDir(t), "fake.sock")
 	ln, err := net.Listen("unix", path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
+	servedc := make(chan struct{}, 16)
 	go func() {
 		defer close(done)
 		for {
@@ -189,18 +194,50 @@ func fakeHandoffAgent(t *testing.T, answer []byte, fds func() []int) string {
 			}
 			uc := c.(*net.UnixConn)
 			http.ReadRequest(bufio.NewReader(uc))
-			var oob []byte
-			if fds != nil {
-				if f := fds(); len(f) > 0 {
-					oob = syscall.UnixRights(f...)
+			if answer == nil {
+				io.Copy(io.Discard, uc)
+			} else {
+				var oob []byte
+				if fds != nil {
+					if f := fds(); len(f) > 0 {
+						oob = syscall.UnixRights(f...)
+					}
 				}
+				uc.WriteMsgUnix(answer, oob, nil)
 			}
-			uc.WriteMsgUnix(answer, oob, nil)
 			uc.Close()
+			servedc <- struct{}{}
 		}
 	}()
 	t.Cleanup(func() { ln.Close(); <-done })
-	return path
+	return path, servedc
+}
+
+// A handoff that times out or is abandoned by its caller ends in an error,
+// with no descriptor left open (a failed read once reached bufio as a
+// negative count, which panics).
+func TestDialLocalStalledAgent(t *testing.T) {
+	path, served := fakeHandoffAgent(t, nil, nil)
+	before := openFDs(t)
+	d := &Dialer{Token: testToken, Timeout: 200 * time.Millisecond}
+	if c, err := d.DialLocal(t.Context(), path, taskA); err == nil || !errors.Is(err, ErrAgentUnreachable) || !errors.Is(err, context.DeadlineExceeded) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("DialLocal to a stalled agent: %v, want ErrAgentUnreachable and the deadline", err)
+	}
+	<-served
+	ctx, cancel := context.WithCancel(t.Context())
+	time.AfterFunc(100*time.Millisecond, cancel)
+	d.Timeout = time.Minute
+	if c, err := d.DialLocal(ctx, path, taskA); err == nil || !errors.Is(err, context.Canceled) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("DialLocal abandoned by its caller: %v, want context.Canceled", err)
+	}
+	<-served
+	waitUntil(t, "descriptors to return to the baseline", func() bool { return openFDs(t) <= before })
 }
 
 func TestDialLocalRejectsBadAnswers(t *testing.T) {
@@ -239,7 +276,7 @@ func TestDialLocalRejectsBadAnswers(t *testing.T) {
 			if tc.fds != nil {
 				fds = tc.fds(t)
 			}
-			path := fakeHandoffAgent(t, tc.answer, func() []int { return fds })
+			path, served := fakeHandoffAgent(t, tc.answer, func() []int { return fds })
 			before := openFDs(t)
 			d := &Dialer{Token: testToken, Timeout: 5 * time.Second}
 			c, err := d.DialLocal(t.Context(), path, taskA)
@@ -250,6 +287,7 @@ func TestDialLocalRejectsBadAnswers(t *testing.T) {
 			if !errors.Is(err, ErrAgentUnreachable) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err = %v, want ErrAgentUnreachable saying %q", err, tc.want)
 			}
+			<-served // the fake agent's end of the connection is closed too
 			if after := openFDs(t); after > before {
 				t.Fatalf("%d descriptors open after the refusal, %d before: received sockets leaked", after, before)
 			}
@@ -332,5 +370,79 @@ func TestListenLocal(t *testing.T) {
 	}
 	if got, err := os.ReadFile(regular); err != nil || len(got) != 0 {
 		t.Errorf("the regular file in the way was changed: %v", err)
+	}
+}
+
+// envListenAs makes the test binary a child that listens on the unix socket
+// it names and accepts until killed (see TestDialLocalChecksListenerUID).
+const envListenAs = "KOHAKURIVER_RELAY_TEST_LISTEN"
+
+func listenAsChild(path string) int {
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Println("listening")
+	held := make(chan net.Conn, 64) // open until killed
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return 1
+		}
+		held <- c
+	}
+}
+
+// A socket served by another user is not trusted to hand sockets over,
+// whatever path a node reports: the dialer checks the listener's uid.
+func TestDialLocalChecksListenerUID(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a listener as another user")
+	}
+	// The child runs as nobody: it needs to execute a copy of this binary
+	// and to bind in a directory it may write.
+	dir := socketDir(t)
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copyPath := filepath.Join(dir, "relay.test")
+	if err := os.WriteFile(copyPath, bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "nobody.sock")
+	cmd := exec.Command(copyPath, "-test.run=^$")
+	cmd.Env = append(os.Environ(), envListenAs+"="+path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || line != "listening\n" {
+		t.Fatalf("listener child: %q %v", line, err)
+	}
+
+	d := &Dialer{Token: testToken, Timeout: 5 * time.Second}
+	c, err := d.DialLocal(t.Context(), path, taskA)
+	if err == nil {
+		c.Close()
+		t.Fatal("DialLocal trusted a socket served by uid 65534")
+	}
+	if !errors.Is(err, ErrAgentUnreachable) || !strings.Contains(err.Error(), "uid 65534") {
+		t.Fatalf("err = %v, want ErrAgentUnreachable naming uid 65534", err)
 	}
 }

@@ -17,3 +17,7 @@ type peerCheckListener struct {
 func checkPrivateDir(string) error {
 	return errors.New("relay handoff sockets are supported on Linux only")
 }
+
+func peerUID(*net.UnixConn) (int, error) {
+	return -1, errors.New("relay handoff sockets are supported on Linux only")
+}

@@ -21,7 +21,12 @@ import (
 	"github.com/kohakuriver/kohakuriver/agent/clusterauth"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if path := os.Getenv(envListenAs); path != "" {
+		os.Exit(listenAsChild(path))
+	}
+	goleak.VerifyTestMain(m)
+}
 
 const (
 	testToken = "relay-test-token-0123456789abcdef"

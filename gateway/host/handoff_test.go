@@ -36,10 +36,11 @@ func (c *countingTargets) SSHAddr(context.Context, string) (string, error) {
 	return c.addr, c.err
 }
 
-// serveRelay serves a relay Handler over targets on ln until the test ends.
-func serveRelay(t *testing.T, ln net.Listener, targets relay.Targets) {
+// serveRelay serves a relay Handler over targets on ln, for the cluster of
+// token, until the test ends.
+func serveRelay(t *testing.T, ln net.Listener, targets relay.Targets, token string) {
 	t.Helper()
-	v, err := clusterauth.NewVerifier(hopTestToken)
+	v, err := clusterauth.NewVerifier(token)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,6 +84,33 @@ func sshdStandIn(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// stuckAgent listens on a unix socket at path and never answers.
+func stuckAgent(t *testing.T, path string) string {
+	t.Helper()
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns := make(chan net.Conn, 16)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				close(conns)
+				return
+			}
+			conns <- c
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		for c := range conns {
+			c.Close()
+		}
+	})
+	return path
+}
+
 // TestRelayHopHandoffRules: which way relayHop reaches a VPS, and which
 // failed handoffs it retries over the TCP relay.
 func TestRelayHopHandoffRules(t *testing.T) {
@@ -92,31 +120,33 @@ func TestRelayHopHandoffRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	serveRelay(t, tcpLn, tcpTargets)
+	serveRelay(t, tcpLn, tcpTargets, hopTestToken)
 
 	dir, err := os.MkdirTemp("", "kr-hop-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	local := func(name string, targets relay.Targets) string {
+	local := func(name string, targets relay.Targets, token string) string {
 		path := filepath.Join(dir, name+".sock")
 		ln, err := relay.ListenLocal(path)
 		if err != nil {
 			t.Fatal(err)
 		}
-		serveRelay(t, ln, targets)
+		serveRelay(t, ln, targets, token)
 		return path
 	}
-	good := local("good", &countingTargets{addr: sshd})
-	stopped := local("stopped", &countingTargets{err: fmt.Errorf("stopped: %w", relay.ErrNotRunning)})
-	other := local("other", &countingTargets{err: fmt.Errorf("not here: %w", relay.ErrUnknownVPS)})
+	good := local("good", &countingTargets{addr: sshd}, hopTestToken)
+	stopped := local("stopped", &countingTargets{err: fmt.Errorf("stopped: %w", relay.ErrNotRunning)}, hopTestToken)
+	other := local("other", &countingTargets{err: fmt.Errorf("not here: %w", relay.ErrUnknownVPS)}, hopTestToken)
+	otherCluster := local("cluster", &countingTargets{addr: sshd}, "another-cluster-token-0123456789abcd")
+	stuck := stuckAgent(t, filepath.Join(dir, "stuck.sock"))
 
 	hop, err := newRelayHop(prometheus.NewRegistry(), hopTestToken, "boot-a", slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	hop.dialer.Timeout = 5 * time.Second
+	hop.dialer.Timeout = 2 * time.Second
 	v := store.VPS{TaskID: "1234567890123456789"}
 	cases := []struct {
 		name     string
@@ -126,13 +156,17 @@ func TestRelayHopHandoffRules(t *testing.T) {
 		wantErr  error // else success
 		tcpTried bool
 		fellBack bool // counted in handoff_fallbacks_total
+		cancel   bool // the caller is gone before the dial
 	}{
-		{"same machine", good, "boot-a", true, nil, false, false},
-		{"another machine", good, "boot-b", false, nil, true, false},
-		{"no socket reported", "", "", false, nil, true, false},
-		{"socket gone", filepath.Join(dir, "gone.sock"), "boot-a", false, nil, true, true},
-		{"another agent's socket", other, "boot-a", false, nil, true, true},
-		{"vps stopped", stopped, "boot-a", false, gateway.ErrVPSNotRunning, false, false},
+		{"same machine", good, "boot-a", true, nil, false, false, false},
+		{"another machine", good, "boot-b", false, nil, true, false, false},
+		{"no socket reported", "", "", false, nil, true, false, false},
+		{"socket gone", filepath.Join(dir, "gone.sock"), "boot-a", false, nil, true, true, false},
+		{"another agent's socket", other, "boot-a", false, nil, true, true, false},
+		{"another cluster's agent", otherCluster, "boot-a", false, nil, true, true, false},
+		{"vps stopped", stopped, "boot-a", false, gateway.ErrVPSNotRunning, false, false, false},
+		{"agent stuck", stuck, "boot-a", false, gateway.ErrNodeUnreachable, false, false, false},
+		{"caller gone", good, "boot-a", false, context.Canceled, false, false, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -140,7 +174,12 @@ func TestRelayHopHandoffRules(t *testing.T) {
 			handoffs, relays := testutil.ToFloat64(hop.dials.WithLabelValues("handoff")), testutil.ToFloat64(hop.dials.WithLabelValues("relay"))
 			fallbacks := testutil.ToFloat64(hop.fallbacks)
 			node := store.Node{Name: "n", Address: tcpLn.Addr().String(), RelaySocket: tc.socket, BootID: tc.bootID}
-			c, err := hop.DialVPS(t.Context(), v, node)
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			if tc.cancel {
+				cancel()
+			}
+			c, err := hop.DialVPS(ctx, v, node)
 			if tc.wantErr != nil {
 				if !errors.Is(err, tc.wantErr) {
 					t.Fatalf("DialVPS: %v, want %v", err, tc.wantErr)

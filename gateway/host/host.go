@@ -345,6 +345,7 @@ type relayHop struct {
 	// "does the gateway skip the relay on this machine?".
 	dials     *prometheus.CounterVec
 	fallbacks prometheus.Counter
+	fellBack  sync.Map // node name + socket path of fallbacks logged at Info
 }
 
 func newRelayHop(reg prometheus.Registerer, token, bootID string, log *slog.Logger) (*relayHop, error) {
@@ -361,6 +362,8 @@ func newRelayHop(reg prometheus.Registerer, token, bootID string, log *slog.Logg
 			Help: "Handoffs that failed before an agent answered for the VPS (socket missing, not permitted, another agent's) and were retried through the TCP relay.",
 		}),
 	}
+	r.dials.WithLabelValues("handoff") // both series from the start, at 0
+	r.dials.WithLabelValues("relay")
 	for _, c := range []prometheus.Collector{r.dials, r.fallbacks} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
@@ -382,8 +385,13 @@ func (r *relayHop) DialVPS(ctx context.Context, v store.VPS, node store.Node) (n
 		r.fallbacks.Inc()
 		// The socket is missing or closed to this user, or belongs to
 		// another agent (a container on the same kernel): the TCP relay
-		// is always right.
-		r.log.Debug("handoff failed, relaying over TCP", "node", node.Name, "socket", node.RelaySocket, "err", err)
+		// is always right. Said once per node and socket at Info, since
+		// it repeats for every login while the setup stays as it is.
+		level := slog.LevelDebug
+		if _, seen := r.fellBack.LoadOrStore(node.Name+"\x00"+node.RelaySocket, true); !seen {
+			level = slog.LevelInfo
+		}
+		r.log.Log(ctx, level, "handoff failed, relaying over TCP", "node", node.Name, "socket", node.RelaySocket, "err", err)
 	}
 	c, err := r.dialer.Dial(ctx, node.Address, v.TaskID)
 	if err != nil {
@@ -396,9 +404,11 @@ func (r *relayHop) DialVPS(ctx context.Context, v store.VPS, node store.Node) (n
 // handoffFallsBack reports whether a failed handoff should be retried as a
 // TCP relay: when no agent answered (ErrAgentUnreachable), or another one
 // than the VPS's did (ErrUnknownVPS, ErrUnauthorized). The VPS's agent's own
-// answers (not running, sshd unreachable) stand.
+// answers (not running, sshd unreachable) stand, and so does a handoff that
+// ran out of time: the agent is there but stuck, and a relay through it
+// would wait as long again.
 func handoffFallsBack(ctx context.Context, err error) bool {
-	if ctx.Err() != nil {
+	if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
 		return false
 	}
 	return errors.Is(err, relay.ErrAgentUnreachable) || errors.Is(err, relay.ErrUnknownVPS) || errors.Is(err, relay.ErrUnauthorized)
