@@ -21,7 +21,8 @@ var fuzzNow = time.Unix(1_800_000_000, 0)
 // FuzzRelayHandshake feeds arbitrary bytes as the start of a connection to
 // a Handler behind NewHTTPServer. It must not panic, and it must never
 // resolve a target or answer 101 unless the bytes hold a request signed
-// with the token (which the fuzzer cannot forge: only seeds have one).
+// with the token (which the fuzzer cannot forge: only seeds have one), nor
+// hand a socket over (the listener is not a unix socket).
 func FuzzRelayHandshake(f *testing.F) {
 	for _, seed := range fuzzSeeds(f) {
 		f.Add(seed)
@@ -56,7 +57,19 @@ func FuzzRelayHandshake(f *testing.F) {
 		if (resolved || upgraded) && !validlySigned(input) {
 			t.Fatalf("relay (resolved %v, upgraded %v) without a valid signature for %q", resolved, upgraded, input)
 		}
+		// This listener is not a unix socket: a handoff is never served
+		// here, signed or not, nor does asking for one dial anything.
+		if (resolved && asksHandoff(input)) || (upgraded && bytes.Contains(c.output(), []byte(HandoffProtocol))) {
+			t.Fatalf("handoff served on a non-local conn (resolved %v, upgraded %v) for %q", resolved, upgraded, input)
+		}
 	})
+}
+
+// asksHandoff reports whether input starts with a request whose Upgrade
+// header names HandoffProtocol.
+func asksHandoff(input []byte) bool {
+	r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(input)))
+	return err == nil && headerHasToken(r.Header, "Upgrade", HandoffProtocol)
 }
 
 // validlySigned reports whether input starts with a request that a fresh
@@ -89,6 +102,7 @@ func fuzzSeeds(tb testing.TB) [][]byte {
 	add(testToken, "GET", PathPrefix+taskA+":22", upgradeHeaders)
 	add(testToken, "POST", PathPrefix+taskA, upgradeHeaders)
 	add(testToken, "GET", PathPrefix+taskA, nil)
+	add(testToken, "GET", PathPrefix+taskA, []string{"Connection: Upgrade", "Upgrade: " + HandoffProtocol})
 	seeds = append(seeds, []byte("GET / HTTP/1.1\r\n\r\n"), []byte("\x00\xff"), []byte("SSH-2.0-OpenSSH_9.2\r\n"))
 	return seeds
 }
