@@ -62,8 +62,8 @@ type Agent struct {
 	hostAPI *api.AgentAPI
 	bootID  string
 
-	// localSrv serves only the relay, on localLn (RelaySocket); both nil
-	// when there is no handoff socket.
+	// localSrv serves only the relay, on localLn (RelaySocket); localLn
+	// is nil when there is no handoff socket, and localSrv then idle.
 	localSrv *http.Server
 
 	mu      sync.Mutex

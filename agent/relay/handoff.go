@@ -156,7 +156,7 @@ func (r *rightsReader) takeConn() (net.Conn, error) {
 // which another process still answers is an error. Closing the listener
 // removes the file.
 func ListenLocal(path string) (net.Listener, error) {
-	if err := checkSocketPath(path); err != nil {
+	if err := CheckSocketPath(path); err != nil {
 		return nil, err
 	}
 	dir := filepath.Dir(path)
@@ -180,8 +180,9 @@ func ListenLocal(path string) (net.Listener, error) {
 	return &peerCheckListener{UnixListener: ln.(*net.UnixListener), uid: os.Geteuid()}, nil
 }
 
-// checkSocketPath refuses what cannot be a unix socket address here.
-func checkSocketPath(path string) error {
+// CheckSocketPath reports whether path can name a handoff socket: absolute,
+// at most MaxSocketPath bytes, no NUL. The host checks what agents report.
+func CheckSocketPath(path string) error {
 	switch {
 	case !filepath.IsAbs(path):
 		return fmt.Errorf("relay socket path %q is not absolute", path)
@@ -192,10 +193,6 @@ func checkSocketPath(path string) error {
 	}
 	return nil
 }
-
-// CheckSocketPath reports whether path can name a handoff socket: absolute,
-// at most MaxSocketPath bytes, no NUL. The host checks what agents report.
-func CheckSocketPath(path string) error { return checkSocketPath(path) }
 
 // removeStaleSocket removes a socket file nobody answers on.
 func removeStaleSocket(path string) error {

@@ -77,9 +77,9 @@ type cluster struct {
 	known    string // known_hosts pinning the gateway (main port and VPS ports)
 	logs     *syncBuffer
 	portBase int
-	// relaySockets, when set, gives each agent started afterwards a
-	// handoff socket (agent.Config.RelaySocket) at the path it returns.
-	relaySockets func(node string) string
+	// relaySocket, when set, is the handoff socket
+	// (agent.Config.RelaySocket) of the agents started while it is.
+	relaySocket string
 }
 
 type runningAgent struct {
@@ -161,12 +161,8 @@ func (c *cluster) startAgentAt(name, listen, hostURL string) *runningAgent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var relaySocket string
-	if c.relaySockets != nil {
-		relaySocket = c.relaySockets(name)
-	}
 	a, err := agent.New(agent.Config{
-		Name: name, ListenAddr: listen, HostURL: hostURL, RelaySocket: relaySocket,
+		Name: name, ListenAddr: listen, HostURL: hostURL, RelaySocket: c.relaySocket,
 		ClusterToken: c.host.ClusterToken, Runtime: rt, Logger: log, HeartbeatInterval: 500 * time.Millisecond,
 	})
 	if err != nil {

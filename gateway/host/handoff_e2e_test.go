@@ -27,7 +27,7 @@ func TestHandoffToLocalAgent(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	socket := filepath.Join(dir, "relay.sock")
-	c.relaySockets = func(string) string { return socket }
+	c.relaySocket = socket
 	c.startAgent(n1, "127.0.0.1:0")
 	c.waitNode(n1, "online")
 	ctx := context.Background()

@@ -414,11 +414,9 @@ func handoffFallsBack(ctx context.Context, err error) bool {
 	return errors.Is(err, relay.ErrAgentUnreachable) || errors.Is(err, relay.ErrUnknownVPS) || errors.Is(err, relay.ErrUnauthorized)
 }
 
-// hopError maps the relay's errors to the gateway's.
+// hopError maps the relay's (non-nil) errors to the gateway's.
 func hopError(err error) error {
 	switch {
-	case err == nil:
-		return nil
 	case errors.Is(err, relay.ErrUnknownVPS), errors.Is(err, relay.ErrNotRunning):
 		return fmt.Errorf("%w: %w", gateway.ErrVPSNotRunning, err)
 	case errors.Is(err, relay.ErrUnreachable):
