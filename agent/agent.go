@@ -117,15 +117,38 @@ func New(cfg Config) (*Agent, error) {
 // relayTargets maps the runtime's answers to the relay's sentinels.
 type relayTargets struct{ rt control.Runtime }
 
+// namespaceRuntime is a runtime that also reports each VPS's network
+// namespace, as the Docker one does.
+type namespaceRuntime interface {
+	SSHTarget(ctx context.Context, taskID string) (docker.SSHTarget, error)
+}
+
 func (t relayTargets) SSHAddr(ctx context.Context, taskID string) (string, error) {
 	addr, err := t.rt.SSHAddr(ctx, taskID)
+	return addr, relayError(err)
+}
+
+func (t relayTargets) SSHTarget(ctx context.Context, taskID string) (relay.Target, error) {
+	nr, ok := t.rt.(namespaceRuntime)
+	if !ok {
+		addr, err := t.SSHAddr(ctx, taskID)
+		return relay.Target{Addr: addr}, err
+	}
+	st, err := nr.SSHTarget(ctx, taskID)
+	if err != nil {
+		return relay.Target{}, relayError(err)
+	}
+	return relay.Target{Addr: st.Addr, Namespace: st.Namespace, NamespaceAddr: st.NamespaceAddr}, nil
+}
+
+func relayError(err error) error {
 	switch {
 	case errors.Is(err, docker.ErrNotFound):
-		return "", fmt.Errorf("%w: %v", relay.ErrUnknownVPS, err)
+		return fmt.Errorf("%w: %v", relay.ErrUnknownVPS, err)
 	case errors.Is(err, docker.ErrNotRunning):
-		return "", fmt.Errorf("%w: %v", relay.ErrNotRunning, err)
+		return fmt.Errorf("%w: %v", relay.ErrNotRunning, err)
 	}
-	return addr, err
+	return err
 }
 
 // Listen binds the agent's listener.

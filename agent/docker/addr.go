@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"sort"
 	"time"
 
@@ -21,6 +22,12 @@ import (
 // Desktop). The runtime learns which from the first container whose sshd
 // answers on its published port but, probed before and after that, not on
 // its own address; a "no" is checked again after reachRecheck.
+//
+// Better still, when the agent may enter namespaces: SSHTarget also reports
+// the container's own network namespace (its sandbox key), and the relay
+// dials 127.0.0.1:22 inside it (package agent/netns), which is plain
+// loopback instead of the bridge, a veth pair and connection tracking. The
+// address above is then the fallback.
 
 // Reachability of container addresses from the agent, learnt once. A "no"
 // is probed again after reachRecheck: it costs every relay a docker-proxy,
@@ -105,6 +112,27 @@ func networkSSHAddr(c container.InspectResponse) (string, bool) {
 		return net.JoinHostPort(ep.IPAddress.String(), sshPort.Port()), true
 	}
 	return "", false
+}
+
+// ownNamespace returns the path of the container's network namespace if it
+// has one of its own: an address on a Docker network of its own (so not
+// host networking, whose namespace is the node's, nor another container's
+// namespace, whose loopback sshd would be that container's) and a sandbox
+// key. The relay dials the sshd on that namespace's loopback, which skips
+// the bridge, the veth pair and connection tracking; the netns dialer also
+// refuses the node's own namespace, whatever the engine reports.
+func ownNamespace(c container.InspectResponse) (string, bool) {
+	if c.HostConfig != nil && (c.HostConfig.NetworkMode.IsHost() || c.HostConfig.NetworkMode.IsContainer() || c.HostConfig.NetworkMode.IsNone()) {
+		return "", false
+	}
+	if _, ok := networkSSHAddr(c); !ok {
+		return "", false
+	}
+	key := c.NetworkSettings.SandboxKey
+	if key == "" || !filepath.IsAbs(key) {
+		return "", false
+	}
+	return key, true
 }
 
 func usableAddr(a netip.Addr) bool {

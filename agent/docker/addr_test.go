@@ -122,3 +122,44 @@ func TestSSHAddrProbes(t *testing.T) {
 		t.Fatalf("stale no: %q, reach %d; want %q, reachable", got, rt.networkReach.Load(), own)
 	}
 }
+
+// TestOwnNamespace: the relay gets a namespace to dial in only for a
+// container with a network namespace of its own.
+func TestOwnNamespace(t *testing.T) {
+	const key = "/var/run/docker/netns/0123456789ab"
+	inspect := func(mode container.NetworkMode, nets map[string]*network.EndpointSettings, sandbox string) container.InspectResponse {
+		return container.InspectResponse{
+			State:           &container.State{Status: "running", Running: true},
+			HostConfig:      &container.HostConfig{NetworkMode: mode},
+			NetworkSettings: &container.NetworkSettings{SandboxKey: sandbox, Networks: nets},
+		}
+	}
+	bridge := map[string]*network.EndpointSettings{"bridge": {IPAddress: netip.MustParseAddr("172.17.0.5")}}
+	tests := []struct {
+		name string
+		c    container.InspectResponse
+		want string
+	}{
+		{"bridge network", inspect("bridge", bridge, key), key},
+		{"default mode", inspect("default", bridge, key), key},
+		{"user-defined network", inspect("kohaku-net", bridge, key), key},
+		// Host networking: the namespace is the node's (and its loopback
+		// sshd the node's), even if an engine reported an address.
+		{"host networking", inspect("host", bridge, "/var/run/docker/netns/default"), ""},
+		// Another container's namespace: its loopback sshd is that
+		// container's.
+		{"another container's namespace", inspect("container:0123", bridge, key), ""},
+		{"no network", inspect("none", nil, key), ""},
+		{"no address of its own", inspect("bridge", map[string]*network.EndpointSettings{"bridge": {}}, key), ""},
+		{"no sandbox key", inspect("bridge", bridge, ""), ""},
+		{"relative sandbox key", inspect("bridge", bridge, "netns/0123"), ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok := ownNamespace(tt.c)
+			if got != tt.want || ok != (tt.want != "") {
+				t.Fatalf("ownNamespace = %q, %v; want %q", got, ok, tt.want)
+			}
+		})
+	}
+}

@@ -307,6 +307,34 @@ func (rt *Runtime) SSHAddr(ctx context.Context, taskID string) (string, error) {
 	return rt.sshAddrOf(ctx, c)
 }
 
+// SSHTarget is where a VPS's sshd answers: Addr as SSHAddr returns it and,
+// when the container has a network namespace of its own, that namespace
+// (Docker's sandbox key) and the sshd's address on its loopback.
+type SSHTarget struct {
+	Addr          string
+	Namespace     string
+	NamespaceAddr string
+}
+
+// SSHTarget is SSHAddr plus the container's own network namespace, for a
+// relay that can dial inside it (see addr.go). One inspect serves both.
+func (rt *Runtime) SSHTarget(ctx context.Context, taskID string) (SSHTarget, error) {
+	c, err := rt.inspect(ctx, taskID)
+	if err != nil {
+		return SSHTarget{}, err
+	}
+	addr, err := rt.sshAddrOf(ctx, c)
+	if err != nil {
+		return SSHTarget{}, err
+	}
+	t := SSHTarget{Addr: addr}
+	if ns, ok := ownNamespace(c); ok {
+		t.Namespace = ns
+		t.NamespaceAddr = net.JoinHostPort(loopback.String(), sshPort.Port())
+	}
+	return t, nil
+}
+
 // publishedSSHAddr returns where port 22 of a running container is
 // published.
 func publishedSSHAddr(c container.InspectResponse) (string, error) {

@@ -12,8 +12,11 @@
 //	Authorization: KR-HMAC-SHA256 ts=...,nonce=...,sig=...
 //
 // signed with the cluster token (package agent/clusterauth). The agent's
-// Handler verifies it, asks its Targets for the sshd's address (normally
-// the container's address on its Docker network), dials it, answers "101 Switching Protocols"
+// Handler verifies it, asks its Targets where the sshd is (with
+// NamespaceTargets, 127.0.0.1:22 inside the container's own network
+// namespace, dialled through package agent/netns; else, or when that
+// fails, the container's address on its Docker network), dials it,
+// answers "101 Switching Protocols"
 // and from then on copies bytes both ways. Refusals are small JSON bodies
 // {"error": "...", "relay_id": "..."} with a status Dial maps to a sentinel
 // error (see errors.go), so the gateway can tell users in one line why
@@ -74,7 +77,8 @@
 //
 //   - Nothing is dialled before the request is authenticated and the path
 //     is exactly /v1/relay/ followed by a task id; the relay dials only the
-//     address Targets returns.
+//     addresses Targets returns, and inside a namespace only the one it
+//     names (never the agent's own: package netns refuses it).
 //   - Relays have no idle timeout: an SSH session may sit idle for hours.
 //     SSH keepalives (and TCP keepalives, on by default in net) end dead ones.
 //   - Requests being resolved or dialled count against the relay limit.

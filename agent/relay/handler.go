@@ -12,9 +12,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kohakuriver/kohakuriver/agent/clusterauth"
+	"github.com/kohakuriver/kohakuriver/agent/netns"
 	"github.com/kohakuriver/kohakuriver/store"
 )
 
@@ -37,7 +39,7 @@ const (
 
 // Targets resolves a VPS to the address of its sshd. The agent implements it
 // from what it runs; the relay dials exactly the address it returns and
-// nothing else.
+// nothing else (or, with NamespaceTargets, the addresses SSHTarget returns).
 type Targets interface {
 	// SSHAddr returns host:port of the sshd of VPS taskID, normally
 	// 127.0.0.1:<published port>. It returns an error wrapping
@@ -70,8 +72,13 @@ type Handler struct {
 	dialTimeout      time.Duration
 	handshakeTimeout time.Duration
 	dialer           net.Dialer
+	nsDial           namespaceDial
 	ctx              context.Context // cancelled by Close: aborts resolves and dials
 	cancel           context.CancelFunc
+
+	// namespaceDenied is set once entering a namespace failed for lack of
+	// privileges; from then on dials go straight to the container address.
+	namespaceDenied atomic.Bool
 
 	// mu guards closed and relays, and the conn fields of every relay in
 	// relays. No other lock is taken under it, and no I/O is done under it
@@ -148,6 +155,7 @@ func NewHandler(v *clusterauth.Verifier, targets Targets, logger *slog.Logger, o
 		maxRelays:        DefaultMaxRelays,
 		dialTimeout:      DefaultDialTimeout,
 		handshakeTimeout: DefaultHandshakeTimeout,
+		nsDial:           netns.Dial,
 		relays:           make(map[*relayState]struct{}),
 	}
 	for _, opt := range opts {
@@ -371,7 +379,7 @@ func (h *Handler) dialTarget(reqCtx context.Context, log *slog.Logger, taskID st
 	stop := context.AfterFunc(h.ctx, cancel) // Close aborts the dial
 	defer stop()
 
-	addr, err := h.targets.SSHAddr(ctx, taskID)
+	t, err := h.resolveTarget(ctx, taskID)
 	switch {
 	case errors.Is(err, ErrUnknownVPS):
 		log.Info("relay refused", "status", http.StatusNotFound, "err", err)
@@ -383,7 +391,7 @@ func (h *Handler) dialTarget(reqCtx context.Context, log *slog.Logger, taskID st
 		log.Error("relay target lookup failed", "err", err)
 		return nil, "", http.StatusInternalServerError, "node agent could not look up vps " + taskID
 	}
-	c, err := h.dialer.DialContext(ctx, "tcp", addr)
+	c, addr, err := h.dialSSHD(ctx, log, t)
 	if err != nil {
 		log.Warn("relay target dial failed", "target", addr, "err", err)
 		if h.ctx.Err() != nil {

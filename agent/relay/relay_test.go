@@ -106,8 +106,18 @@ func startAgent(t *testing.T, targets *fakeTargets, cfg func(*http.Server), opts
 	return serveAgent(t, ln, targets, cfg, opts...)
 }
 
+// serveAgentWith is startAgent for any Targets.
+func serveAgentWith(t *testing.T, targets Targets, opts ...Option) *testAgent {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return serveAgent(t, ln, targets, nil, opts...)
+}
+
 // serveAgent serves a Handler over targets on ln until the test ends.
-func serveAgent(t *testing.T, ln net.Listener, targets *fakeTargets, cfg func(*http.Server), opts ...Option) *testAgent {
+func serveAgent(t *testing.T, ln net.Listener, targets Targets, cfg func(*http.Server), opts ...Option) *testAgent {
 	t.Helper()
 	v, err := clusterauth.NewVerifier(testToken)
 	if err != nil {
@@ -136,7 +146,8 @@ func serveAgent(t *testing.T, ln net.Listener, targets *fakeTargets, cfg func(*h
 			t.Logf("agent log:\n%s", logs)
 		}
 	})
-	return &testAgent{addr: ln.Addr().String(), h: h, targets: targets, logs: logs}
+	fake, _ := targets.(*fakeTargets)
+	return &testAgent{addr: ln.Addr().String(), h: h, targets: fake, logs: logs}
 }
 
 // startTarget runs serve for each connection to a new 127.0.0.1:0 listener,

@@ -56,7 +56,18 @@ func TestHandoffToLocalAgent(t *testing.T) {
 			t.Fatalf("%s: upload through the gateway: %d %q %q; want sha256 %s", how, code, out, errOut, want)
 		}
 	}
+	// loopback checks that the agent dialled the sshd inside the
+	// container's own namespace: the sshd sees a loopback peer.
+	loopback := func(how string) {
+		t.Helper()
+		out, errOut, code := c.ssh(key, 0, v.TaskID, "", "echo $SSH_CONNECTION")
+		f := strings.Fields(out)
+		if code != 0 || len(f) != 4 || f[0] != "127.0.0.1" || f[2] != "127.0.0.1" || f[3] != "22" {
+			t.Fatalf("%s: SSH_CONNECTION in the VPS %q (%d, %q); want a loopback connection to port 22, dialled inside the container's namespace", how, out, code, errOut)
+		}
+	}
 	check("handoff")
+	loopback("handoff")
 	logs := c.logs.String()
 	if !strings.Contains(logs, `"msg":"relay handed off"`) || strings.Contains(logs, `"msg":"relay open"`) {
 		t.Fatalf("the login was not handed off (want \"relay handed off\" and no \"relay open\" in the log):\n%s", logs)
@@ -78,6 +89,7 @@ func TestHandoffToLocalAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("fallback")
+	loopback("fallback")
 	logs = c.logs.String()
 	if !strings.Contains(logs, `"msg":"handoff failed, relaying over TCP"`) || !strings.Contains(logs, `"msg":"relay open"`) {
 		t.Fatalf("the login did not fall back to the TCP relay:\n%s", logs)
