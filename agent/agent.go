@@ -123,6 +123,10 @@ type namespaceRuntime interface {
 	SSHTarget(ctx context.Context, taskID string) (docker.SSHTarget, error)
 }
 
+// The Docker runtime must stay one: relayTargets finds out by a type
+// assertion, which would otherwise turn the namespace dial off in silence.
+var _ namespaceRuntime = (*docker.Runtime)(nil)
+
 func (t relayTargets) SSHAddr(ctx context.Context, taskID string) (string, error) {
 	addr, err := t.rt.SSHAddr(ctx, taskID)
 	return addr, relayError(err)

@@ -89,7 +89,7 @@ func (rt *Runtime) sshAddrOf(ctx context.Context, c container.InspectResponse) (
 // reachable records that container addresses answer.
 func (rt *Runtime) reachable(example string) {
 	if rt.networkReach.CompareAndSwap(reachUnknown, reachYes) {
-		rt.log.Info("relaying to VPS sshds on their container addresses (no userland proxy)", "example", example)
+		rt.log.Info("container addresses are reachable: no userland proxy between the relay and VPS sshds", "example", example)
 	}
 }
 
@@ -114,14 +114,16 @@ func networkSSHAddr(c container.InspectResponse) (string, bool) {
 	return "", false
 }
 
-// ownNamespace returns the path of the container's network namespace if it
-// has one of its own: an address on a Docker network of its own (so not
-// host networking, whose namespace is the node's, nor another container's
-// namespace, whose loopback sshd would be that container's) and a sandbox
-// key. The relay dials the sshd on that namespace's loopback, which skips
-// the bridge, the veth pair and connection tracking; the netns dialer also
-// refuses the node's own namespace, whatever the engine reports.
-func ownNamespace(c container.InspectResponse) (string, bool) {
+// sandboxNamespace returns the path of the container's network namespace
+// if it has one of its own: an address on a Docker network of its own (so
+// not host networking, whose namespace is the node's, nor another
+// container's namespace, whose loopback sshd would be that container's) and
+// a sandbox key. The relay dials the sshd on that namespace's loopback,
+// which skips the bridge, the veth pair and connection tracking. The netns
+// dialer also refuses the agent's own namespace, whatever the engine
+// reports; this check is what keeps out the node's when the agent runs in
+// a namespace of its own.
+func sandboxNamespace(c container.InspectResponse) (string, bool) {
 	if c.HostConfig != nil && (c.HostConfig.NetworkMode.IsHost() || c.HostConfig.NetworkMode.IsContainer() || c.HostConfig.NetworkMode.IsNone()) {
 		return "", false
 	}

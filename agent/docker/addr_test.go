@@ -123,9 +123,9 @@ func TestSSHAddrProbes(t *testing.T) {
 	}
 }
 
-// TestOwnNamespace: the relay gets a namespace to dial in only for a
+// TestSandboxNamespace: the relay gets a namespace to dial in only for a
 // container with a network namespace of its own.
-func TestOwnNamespace(t *testing.T) {
+func TestSandboxNamespace(t *testing.T) {
 	const key = "/var/run/docker/netns/0123456789ab"
 	inspect := func(mode container.NetworkMode, nets map[string]*network.EndpointSettings, sandbox string) container.InspectResponse {
 		return container.InspectResponse{
@@ -156,9 +156,9 @@ func TestOwnNamespace(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, ok := ownNamespace(tt.c)
+			got, ok := sandboxNamespace(tt.c)
 			if got != tt.want || ok != (tt.want != "") {
-				t.Fatalf("ownNamespace = %q, %v; want %q", got, ok, tt.want)
+				t.Fatalf("sandboxNamespace = %q, %v; want %q", got, ok, tt.want)
 			}
 		})
 	}

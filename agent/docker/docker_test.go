@@ -54,12 +54,12 @@ func TestCreateAndConnect(t *testing.T) {
 	if rt.networkReach.Load() != reachYes {
 		t.Errorf("container networks not recorded as reachable (%d)", rt.networkReach.Load())
 	}
-	t.Run("sshd on the container's loopback", func(t *testing.T) {
-		testNamespaceTarget(t, rt, id, c, userKey, info.HostKeys[0])
-	})
 	if len(info.HostKeys) != 1 || !strings.HasPrefix(info.HostKeys[0], "ssh-ed25519 ") {
 		t.Fatalf("HostKeys = %q, want one ed25519 key", info.HostKeys)
 	}
+	t.Run("sshd on the container's loopback", func(t *testing.T) {
+		testNamespaceTarget(t, rt, id, c, userKey, info.HostKeys[0])
+	})
 	if info.State != StateRunning || info.TaskID != id || info.ContainerID == "" {
 		t.Errorf("Info = %+v", info)
 	}

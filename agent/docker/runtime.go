@@ -328,7 +328,7 @@ func (rt *Runtime) SSHTarget(ctx context.Context, taskID string) (SSHTarget, err
 		return SSHTarget{}, err
 	}
 	t := SSHTarget{Addr: addr}
-	if ns, ok := ownNamespace(c); ok {
+	if ns, ok := sandboxNamespace(c); ok {
 		t.Namespace = ns
 		t.NamespaceAddr = net.JoinHostPort(loopback.String(), sshPort.Port())
 	}

@@ -14,7 +14,7 @@
 // thread into the target namespace (setns), dials, and moves it back; the
 // connection then works from any goroutine. If the thread cannot be moved
 // back it is never unlocked, so the runtime ends it with the goroutine
-// instead of reusing it for other code. New runtime threads are not cloned
+// (parks it, if it is the main thread) instead of reusing it for other code. New runtime threads are not cloned
 // from a locked thread (the runtime uses a template thread for that), so
 // none inherits the namespace.
 //

@@ -12,7 +12,13 @@ var (
 	// ErrPermission wraps the failure to open or enter a namespace for
 	// lack of privileges (EPERM, EACCES): it will not change for the life
 	// of the process, so callers may stop trying.
-	ErrPermission = errors.New("netns: not permitted to enter network namespaces")
+	ErrPermission = errors.New("not permitted to enter network namespaces (needs CAP_SYS_ADMIN)")
+	// ErrNotLiteral is returned for an address whose host is not an IP
+	// literal: resolving a name would read the node's resolver
+	// configuration from inside the namespace, and a name with addresses
+	// of both families is dialled by racing goroutines on other threads,
+	// outside the namespace.
+	ErrNotLiteral = errors.New("netns: the address must be an IP literal and port")
 	// ErrUnsupported is returned where network namespaces do not exist.
 	ErrUnsupported = errors.New("netns: network namespaces are a Linux feature")
 )

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"runtime"
 	"sync"
 
@@ -14,9 +15,15 @@ import (
 // Dial dials address on network from inside the network namespace at
 // nsPath (a /proc/PID/ns/net or a bind mount of one, such as a Docker
 // sandbox key), with d's settings and ctx's deadline. The target must not
-// be the caller's own namespace (ErrSameNamespace).
+// be the caller's own namespace (ErrSameNamespace), and address must be an
+// IP literal with a port (ErrNotLiteral): then the dial is one socket made
+// on the calling thread, and no name is looked up.
 func Dial(ctx context.Context, d *net.Dialer, nsPath, network, address string) (net.Conn, error) {
-	target, err := unix.Open(nsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if _, err := netip.ParseAddrPort(address); err != nil {
+		return nil, fmt.Errorf("%w: %q", ErrNotLiteral, address)
+	}
+	// O_NONBLOCK: a path that is a FIFO must not hang the dial.
+	target, err := unix.Open(nsPath, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("netns: open %s: %w", nsPath, classify(err))
 	}
@@ -56,7 +63,10 @@ func dialOnThread(ctx context.Context, d *net.Dialer, target int, network, addre
 	}
 	c, dialErr := d.DialContext(ctx, network, address)
 	if err := unix.Setns(home, unix.CLONE_NEWNET); err != nil {
-		// Stay locked: the thread dies with this goroutine.
+		// Stay locked: the thread dies with this goroutine (or, if it is
+		// the main thread, which the runtime never ends, it is parked for
+		// good; tools reading /proc/PID/ns/net would then see the other
+		// namespace, but no Go code runs there again).
 		if c != nil {
 			c.Close()
 		}

@@ -21,13 +21,20 @@ import (
 )
 
 const (
-	childEnv = "KOHAKURIVER_NETNS_TEST_CHILD"
-	greeting = "hello from the other namespace"
+	childEnv        = "KOHAKURIVER_NETNS_TEST_CHILD"
+	unprivilegedEnv = "KOHAKURIVER_NETNS_TEST_UNPRIVILEGED"
+	greeting        = "hello from the other namespace"
 )
 
 // TestMain doubles as the child: a listener in a network namespace of its
 // own (see startChild).
 func TestMain(m *testing.M) {
+	if ns := os.Getenv(unprivilegedEnv); ns != "" {
+		// As an unprivileged user: report how Dial fails.
+		_, err := Dial(context.Background(), &net.Dialer{}, ns, "tcp", "127.0.0.1:22")
+		fmt.Printf("permission=%v err=%v\n", errors.Is(err, ErrPermission), err)
+		os.Exit(0)
+	}
 	if os.Getenv(childEnv) == "1" {
 		if err := runChild(); err != nil {
 			fmt.Fprintln(os.Stderr, "child:", err)
@@ -218,8 +225,14 @@ func TestDialRefusals(t *testing.T) {
 	if err := os.WriteFile(f, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Dial(context.Background(), &net.Dialer{}, f, "tcp", "127.0.0.1:22"); err == nil {
-		t.Error("a regular file as the namespace: Dial succeeded")
+	if _, err := Dial(context.Background(), &net.Dialer{}, f, "tcp", "127.0.0.1:22"); err == nil || errors.Is(err, ErrPermission) {
+		t.Errorf("a regular file as the namespace: %v; want setns's refusal", err)
+	}
+	// Names are not looked up in there (see ErrNotLiteral).
+	for _, addr := range []string{"localhost:22", "sshd:22", "127.0.0.1", ""} {
+		if _, err := Dial(context.Background(), &net.Dialer{}, "/nonexistent", "tcp", addr); !errors.Is(err, ErrNotLiteral) {
+			t.Errorf("address %q: %v; want ErrNotLiteral", addr, err)
+		}
 	}
 	for _, e := range []error{unix.EPERM, unix.EACCES} {
 		if !errors.Is(classify(e), ErrPermission) || !errors.Is(classify(e), e) {
@@ -228,5 +241,42 @@ func TestDialRefusals(t *testing.T) {
 	}
 	if errors.Is(classify(unix.ENOENT), ErrPermission) {
 		t.Error("classify(ENOENT) is ErrPermission")
+	}
+}
+
+// TestDialWithoutPrivileges runs Dial as nobody against another namespace:
+// the kernel's refusal must come out as ErrPermission, which makes the relay
+// stop trying and say so once.
+func TestDialWithoutPrivileges(t *testing.T) {
+	nsPath, _ := startChild(t)
+	// nobody must be able to execute a copy of this binary.
+	dir, err := os.MkdirTemp("", "kr-netns-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copyPath := dir + "/netns.test"
+	if err := os.WriteFile(copyPath, bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, ns := range []string{nsPath, "/proc/1/ns/net"} {
+		cmd := exec.Command(copyPath, "-test.run=^$")
+		cmd.Env = append(os.Environ(), unprivilegedEnv+"="+ns)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.HasPrefix(string(out), "permission=true ") {
+			t.Errorf("Dial into %s as nobody: %q, %v; want ErrPermission", ns, out, err)
+		}
 	}
 }

@@ -79,6 +79,9 @@ type Handler struct {
 	// namespaceDenied is set once entering a namespace failed for lack of
 	// privileges; from then on dials go straight to the container address.
 	namespaceDenied atomic.Bool
+	// namespaceFailed is set by the first namespace dial that failed for
+	// another reason (logged at Info once, then at Debug).
+	namespaceFailed atomic.Bool
 
 	// mu guards closed and relays, and the conn fields of every relay in
 	// relays. No other lock is taken under it, and no I/O is done under it

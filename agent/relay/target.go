@@ -57,15 +57,26 @@ func (h *Handler) dialSSHD(ctx context.Context, log *slog.Logger, t Target) (net
 			return c, t.NamespaceAddr + " in " + t.Namespace, nil
 		case ctx.Err() != nil:
 			return nil, t.NamespaceAddr + " in " + t.Namespace, err
-		case errors.Is(err, netns.ErrPermission) || errors.Is(err, netns.ErrUnsupported):
+		case errors.Is(err, netns.ErrPermission):
 			// It will not change while the agent runs: stop trying.
 			if h.namespaceDenied.CompareAndSwap(false, true) {
 				h.logger.Info("relay cannot enter VPS network namespaces; dialling container addresses instead (an agent running as root dials the sshd on the container's loopback, which costs less CPU)", "err", err)
 			}
+		case errors.Is(err, netns.ErrUnsupported):
+			if h.namespaceDenied.CompareAndSwap(false, true) {
+				h.logger.Info("relay dials container addresses: VPS network namespaces are a Linux feature", "err", err)
+			}
 		default:
 			// An sshd listening on the container's address only, a
-			// container that just stopped: the address may still do.
-			log.Debug("relay namespace dial failed; dialling the container address", "namespace", t.Namespace, "err", err)
+			// container that just stopped, an engine whose sandbox keys
+			// this agent does not see (rootless Docker): the address may
+			// still do. Said once at Info, so that an operator learns
+			// the faster path is off, then at Debug.
+			level := slog.LevelDebug
+			if h.namespaceFailed.CompareAndSwap(false, true) {
+				level = slog.LevelInfo
+			}
+			log.Log(ctx, level, "relay namespace dial failed; dialling the container address", "namespace", t.Namespace, "err", err)
 		}
 	}
 	c, err := h.dialer.DialContext(ctx, "tcp", t.Addr)

@@ -60,6 +60,16 @@ func TestHandoffToLocalAgent(t *testing.T) {
 	// container's own namespace: the sshd sees a loopback peer.
 	loopback := func(how string) {
 		t.Helper()
+		if os.Geteuid() != 0 {
+			// An agent that is not root may not enter namespaces and
+			// dials the container's address (agent/relay's tests cover
+			// that fallback).
+			if os.Getenv("KOHAKURIVER_REQUIRE_DOCKER") == "1" {
+				t.Fatal("the namespace dial needs the agent to run as root (KOHAKURIVER_REQUIRE_DOCKER=1 is set, so this fails instead of skipping the check)")
+			}
+			t.Logf("%s: not root, so the sshd's view of the connection is not checked", how)
+			return
+		}
 		out, errOut, code := c.ssh(key, 0, v.TaskID, "", "echo $SSH_CONNECTION")
 		f := strings.Fields(out)
 		if code != 0 || len(f) != 4 || f[0] != "127.0.0.1" || f[2] != "127.0.0.1" || f[3] != "22" {
