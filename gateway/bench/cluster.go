@@ -48,7 +48,7 @@ type env struct {
 	signer  gossh.Signer // the same key, for Go clients
 	keyLine string       // its authorized_keys line
 
-	directHost string // where the agent's relay dials the VPS sshd too
+	directHost string // the VPS sshd as a user on the node reaches it
 	directPort int
 	gwPort     int
 	jumpPort   int
@@ -258,9 +258,10 @@ func (e *env) createVPS(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// The direct path: where the agent's relay dials the sshd (the
-	// container's address, or its published port on a node that cannot
-	// reach container networks), so that A and C end the same way.
+	// The direct path: the container's address (or its published port on
+	// a node that cannot reach container networks), where the agent's
+	// relay dials the sshd when it may not enter the container's network
+	// namespace, and where a user on the node reaches it.
 	addr, err := e.rt.SSHAddr(cctx, v.TaskID)
 	if err != nil {
 		return fmt.Errorf("sshd address of %s: %w", v.TaskID, err)
