@@ -73,6 +73,7 @@ type Handler struct {
 	handshakeTimeout time.Duration
 	dialer           net.Dialer
 	nsDial           namespaceDial
+	nsDialTimeout    time.Duration
 	ctx              context.Context // cancelled by Close: aborts resolves and dials
 	cancel           context.CancelFunc
 
@@ -159,6 +160,7 @@ func NewHandler(v *clusterauth.Verifier, targets Targets, logger *slog.Logger, o
 		dialTimeout:      DefaultDialTimeout,
 		handshakeTimeout: DefaultHandshakeTimeout,
 		nsDial:           netns.Dial,
+		nsDialTimeout:    namespaceDialTimeout,
 		relays:           make(map[*relayState]struct{}),
 	}
 	for _, opt := range opts {

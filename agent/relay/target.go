@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"time"
 
 	"github.com/kohakuriver/kohakuriver/agent/netns"
 )
@@ -34,6 +35,12 @@ type NamespaceTargets interface {
 	SSHTarget(ctx context.Context, taskID string) (Target, error)
 }
 
+// namespaceDialTimeout bounds a dial inside the container. On loopback a
+// connect is accepted or refused at once; one that hangs met a firewall in
+// the VPS that drops loopback traffic, and the container's address, which
+// that firewall may still let in, gets the rest of the dial timeout.
+const namespaceDialTimeout = time.Second
+
 // namespaceDial is netns.Dial; tests replace it.
 type namespaceDial func(ctx context.Context, d *net.Dialer, nsPath, network, addr string) (net.Conn, error)
 
@@ -51,7 +58,9 @@ func (h *Handler) resolveTarget(ctx context.Context, taskID string) (Target, err
 // conn and a description of where it went, for the log.
 func (h *Handler) dialSSHD(ctx context.Context, log *slog.Logger, t Target) (net.Conn, string, error) {
 	if t.Namespace != "" && t.NamespaceAddr != "" && !h.namespaceDenied.Load() {
-		c, err := h.nsDial(ctx, &h.dialer, t.Namespace, "tcp", t.NamespaceAddr)
+		nsCtx, cancel := context.WithTimeout(ctx, h.nsDialTimeout)
+		c, err := h.nsDial(nsCtx, &h.dialer, t.Namespace, "tcp", t.NamespaceAddr)
+		cancel()
 		switch {
 		case err == nil:
 			return c, t.NamespaceAddr + " in " + t.Namespace, nil
@@ -68,7 +77,9 @@ func (h *Handler) dialSSHD(ctx context.Context, log *slog.Logger, t Target) (net
 			}
 		default:
 			// An sshd listening on the container's address only, a
-			// container that just stopped, an engine whose sandbox keys
+			// firewall dropping loopback inside the VPS (the namespace
+			// dial's own timeout), a container that just stopped, an
+			// engine whose sandbox keys
 			// this agent does not see (rootless Docker): the address may
 			// still do. Said once at Info, so that an operator learns
 			// the faster path is off, then at Debug.

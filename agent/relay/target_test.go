@@ -154,6 +154,33 @@ func TestRelayNamespaceDialCancelled(t *testing.T) {
 	}
 }
 
+// TestRelayNamespaceDialHangs: a dial inside the container that hangs (a
+// firewall there dropping loopback) gives up after its own bound, and the
+// container's address gets the rest of the request's time.
+func TestRelayNamespaceDialHangs(t *testing.T) {
+	byAddr := startNamedTarget(t, "container address")
+	nd := &fakeNamespaceDial{}
+	hang := func(ctx context.Context, d *net.Dialer, nsPath, network, addr string) (net.Conn, error) {
+		nd.mu.Lock()
+		nd.calls = append(nd.calls, nsPath)
+		nd.mu.Unlock()
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	targets := nsTargets{&fakeTargets{addrs: map[string]string{taskA: byAddr}}, "127.0.0.1:1"}
+	a := serveAgentWith(t, targets, WithDialTimeout(30*time.Second), withNamespaceDial(hang),
+		func(h *Handler) error { h.nsDialTimeout = 50 * time.Millisecond; return nil })
+	if got := greetingThrough(t, a.addr); got != "container address" {
+		t.Fatalf("relay reached %q; want the container address after the namespace dial gave up", got)
+	}
+	if nd.count() != 1 {
+		t.Fatalf("namespace dials: %d; want 1", nd.count())
+	}
+	if !strings.Contains(a.logs.String(), "relay namespace dial failed") {
+		t.Errorf("the hung namespace dial was not logged:\n%s", a.logs)
+	}
+}
+
 // TestRelayWithoutNamespaceTargets: plain Targets never reach the
 // namespace dialer.
 func TestRelayWithoutNamespaceTargets(t *testing.T) {
