@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kohakuriver/kohakuriver/agent/internal/testexec"
 )
 
 const (
@@ -258,18 +260,7 @@ func TestDialWithoutPrivileges(t *testing.T) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin, err := os.ReadFile(exe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	copyPath := dir + "/netns.test"
-	if err := os.WriteFile(copyPath, bin, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	copyPath := testexec.CopyForOthers(t, dir)
 	for _, ns := range []string{nsPath, "/proc/1/ns/net"} {
 		cmd := exec.Command(copyPath, "-test.run=^$")
 		cmd.Env = append(os.Environ(), unprivilegedEnv+"="+ns)

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kohakuriver/kohakuriver/agent/internal/testexec"
 )
 
 // socketDir returns a fresh private directory with a short path (unix
@@ -406,18 +408,7 @@ func TestDialLocalChecksListenerUID(t *testing.T) {
 	if err := os.Chmod(dir, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin, err := os.ReadFile(exe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	copyPath := filepath.Join(dir, "relay.test")
-	if err := os.WriteFile(copyPath, bin, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	copyPath := testexec.CopyForOthers(t, dir)
 	path := filepath.Join(dir, "nobody.sock")
 	cmd := exec.Command(copyPath, "-test.run=^$")
 	cmd.Env = append(os.Environ(), envListenAs+"="+path)
