@@ -41,8 +41,8 @@ const (
 // from what it runs; the relay dials exactly the address it returns and
 // nothing else (or, with NamespaceTargets, the addresses SSHTarget returns).
 type Targets interface {
-	// SSHAddr returns host:port of the sshd of VPS taskID, normally
-	// 127.0.0.1:<published port>. It returns an error wrapping
+	// SSHAddr returns host:port of the sshd of VPS taskID, normally the
+	// container's address on its Docker network. It returns an error wrapping
 	// ErrUnknownVPS when the agent does not run that VPS and ErrNotRunning
 	// when it is stopped. It must return promptly when ctx is done.
 	SSHAddr(ctx context.Context, taskID string) (string, error)

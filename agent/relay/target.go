@@ -58,31 +58,32 @@ func (h *Handler) resolveTarget(ctx context.Context, taskID string) (Target, err
 // conn and a description of where it went, for the log.
 func (h *Handler) dialSSHD(ctx context.Context, log *slog.Logger, t Target) (net.Conn, string, error) {
 	if t.Namespace != "" && t.NamespaceAddr != "" && !h.namespaceDenied.Load() {
+		where := t.NamespaceAddr + " in " + t.Namespace
 		nsCtx, cancel := context.WithTimeout(ctx, h.nsDialTimeout)
 		c, err := h.nsDial(nsCtx, &h.dialer, t.Namespace, "tcp", t.NamespaceAddr)
 		cancel()
 		switch {
 		case err == nil:
-			return c, t.NamespaceAddr + " in " + t.Namespace, nil
+			return c, where, nil
 		case ctx.Err() != nil:
-			return nil, t.NamespaceAddr + " in " + t.Namespace, err
-		case errors.Is(err, netns.ErrPermission):
+			return nil, where, err
+		case errors.Is(err, netns.ErrPermission), errors.Is(err, netns.ErrUnsupported):
 			// It will not change while the agent runs: stop trying.
 			if h.namespaceDenied.CompareAndSwap(false, true) {
-				h.logger.Info("relay cannot enter VPS network namespaces; dialling container addresses instead (an agent running as root dials the sshd on the container's loopback, which costs less CPU)", "err", err)
-			}
-		case errors.Is(err, netns.ErrUnsupported):
-			if h.namespaceDenied.CompareAndSwap(false, true) {
-				h.logger.Info("relay dials container addresses: VPS network namespaces are a Linux feature", "err", err)
+				msg := "relay cannot enter VPS network namespaces; dialling container addresses instead (an agent running as root dials the sshd on the container's loopback, which costs less CPU)"
+				if errors.Is(err, netns.ErrUnsupported) {
+					msg = "relay dials container addresses: VPS network namespaces are a Linux feature"
+				}
+				h.logger.Info(msg, "err", err)
 			}
 		default:
 			// An sshd listening on the container's address only, a
 			// firewall dropping loopback inside the VPS (the namespace
 			// dial's own timeout), a container that just stopped, an
-			// engine whose sandbox keys
-			// this agent does not see (rootless Docker): the address may
-			// still do. Said once at Info, so that an operator learns
-			// the faster path is off, then at Debug.
+			// engine whose sandbox keys this agent does not see
+			// (rootless Docker): the address may still do. Said once at
+			// Info, so that an operator learns the faster path is off,
+			// then at Debug.
 			level := slog.LevelDebug
 			if h.namespaceFailed.CompareAndSwap(false, true) {
 				level = slog.LevelInfo
