@@ -170,6 +170,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == sessionsChildArg {
 		os.Exit(sessionsChild())
 	}
+	if len(os.Args) > 1 && os.Args[1] == feedChildArg {
+		os.Exit(feedChild())
+	}
 	if len(os.Args) > 1 && os.Args[1] == agentChildArg {
 		os.Exit(agentChild())
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -11,21 +10,9 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 )
-
-// chunkSize is what the generator writes to ssh's stdin per call.
-const chunkSize = 1 << 20
-
-// payload is one random chunk, written over and over: the ciphers do not
-// care about content, and no file of -size bytes is ever made.
-var payload = sync.OnceValue(func() []byte {
-	b := make([]byte, chunkSize)
-	_, _ = rand.Read(b)
-	return b
-})
 
 // uploadResult is one timed upload.
 type uploadResult struct {
@@ -37,6 +24,9 @@ type uploadResult struct {
 	// the gateway's path (its relay splices the hop to the VPS's sshd).
 	AgentCPUPerGiB float64 `json:"agent_cpu_core_s_per_gib"`
 	CPUPerGiB      float64 `json:"cpu_core_s_per_gib"`
+	// GeneratorCPUPerGiB is the data generator's CPU per GiB: the child
+	// process writing into ssh's stdin (not in CPUSeconds).
+	GeneratorCPUPerGiB float64 `json:"generator_cpu_core_s_per_gib"`
 	// MachineCPUPerGiB is every CPU's busy time (/proc/stat) per GiB: the
 	// whole path's cost (ssh, sshd, docker-proxy, gateway, and whatever
 	// else ran meanwhile).
@@ -60,17 +50,15 @@ func upload(ctx context.Context, e *env, cfg string, p path, size int64) (upload
 	defer cancel()
 	args := append([]string{"-F", cfg}, p.args...)
 	cmd := exec.CommandContext(ctx, "ssh", append(args, "cat > /dev/null")...)
-	pr, stdin, err := os.Pipe()
+	pr, pw, err := os.Pipe()
 	if err != nil {
 		return uploadResult{}, err
 	}
 	defer pr.Close()
-	defer stdin.Close()
-	growPipe(stdin)
+	defer pw.Close()
 	cmd.Stdin = pr
 	var errb bytes.Buffer
 	cmd.Stderr = &errb
-	buf := payload()
 	cpu0, sys0, err := procCPU()
 	if err != nil {
 		return uploadResult{}, err
@@ -88,32 +76,23 @@ func upload(ctx context.Context, e *env, cfg string, p path, size int64) (upload
 	if err != nil {
 		return uploadResult{}, err
 	}
-	err = cmd.Start()
-	pr.Close() // ssh has its own copy
+	gen, err := startFeeder(ctx, pw, size)
+	pw.Close() // the generator has its own copy
 	if err != nil {
 		return uploadResult{}, err
 	}
-	var (
-		t0      time.Time
-		untimed int64 // bytes written before t0
-		written int64
-		werr    error
-	)
-	for written < size {
-		n := min(int64(len(buf)), size-written)
-		if _, werr = stdin.Write(buf[:n]); werr != nil {
-			break
-		}
-		written += n
-		// The first chunk fits in the pipe; the second returns once ssh
-		// has read, that is once the session is up.
-		if t0.IsZero() && written >= 2*chunkSize {
-			t0, untimed = time.Now(), written
-		}
+	err = cmd.Start()
+	pr.Close() // ssh has its own copy
+	if err != nil {
+		cancel() // stops the generator
+		_, _ = gen.wait()
+		return uploadResult{}, err
 	}
-	stdin.Close()
+	serr := gen.waitStarted()
+	t0 := time.Now()
 	err = cmd.Wait()
 	t1 := time.Now()
+	genCPU, gerr := gen.wait()
 	cpu1, sys1, cerr := procCPU()
 	agent1, _, aerr := procCPUOf(agentPID)
 	if cerr == nil {
@@ -127,8 +106,10 @@ func upload(ctx context.Context, e *env, cfg string, p path, size int64) (upload
 	switch {
 	case err != nil:
 		return uploadResult{}, fmt.Errorf("upload via %s: %w: %s", p.name, err, strings.TrimSpace(errb.String()))
-	case werr != nil:
-		return uploadResult{}, fmt.Errorf("upload via %s: write after %d bytes: %w", p.name, written, werr)
+	case serr != nil:
+		return uploadResult{}, fmt.Errorf("upload via %s: %w", p.name, serr)
+	case gerr != nil:
+		return uploadResult{}, fmt.Errorf("upload via %s: %w", p.name, gerr)
 	case cerr != nil:
 		return uploadResult{}, cerr
 	case berr != nil:
@@ -138,32 +119,19 @@ func upload(ctx context.Context, e *env, cfg string, p path, size int64) (upload
 	cpu := cpu1 - cpu0
 	gib := float64(size) / (1 << 30)
 	return uploadResult{
-		MBps:       float64(size-untimed) / secs / 1e6,
+		MBps:       float64(size-feedStartedAfter) / secs / 1e6,
 		Seconds:    secs,
 		CPUSeconds: cpu,
 		SysSeconds: sys1 - sys0,
 		CPUPerGiB:  cpu / gib,
 
-		AgentCPUPerGiB: (agent1 - agent0) / gib,
+		AgentCPUPerGiB:     (agent1 - agent0) / gib,
+		GeneratorCPUPerGiB: genCPU / gib,
 
 		MachineCPUPerGiB: (busy1 - busy0) / gib,
 		FaultsPerGiB:     float64(ru1.Minflt-ru0.Minflt) / gib,
 		SwitchesPerGiB:   float64(ru1.Nvcsw+ru1.Nivcsw-ru0.Nvcsw-ru0.Nivcsw) / gib,
 	}, nil
-}
-
-// growPipe asks for a 1 MiB pipe (F_SETPIPE_SZ; the default is 64 KiB), so
-// that feeding ssh costs fewer wakeups. Best effort: the pipe keeps its
-// size if the kernel refuses.
-func growPipe(f *os.File) {
-	const fSetPipeSz = 1031 // F_SETPIPE_SZ, linux/fcntl.h
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return
-	}
-	_ = rc.Control(func(fd uintptr) {
-		_, _, _ = syscall.Syscall(syscall.SYS_FCNTL, fd, fSetPipeSz, chunkSize)
-	})
 }
 
 // connectTrue times `ssh ... true`: process start to exit, so TCP connect,
@@ -212,7 +180,7 @@ func runRounds(ctx context.Context, e *env, o options, res *Results) error {
 					fmt.Fprintf(&line, " %s %.0f", p.name, u.MBps)
 				}
 				cu := rd.Upload[c.name]["C"]
-				fmt.Fprintf(&line, " (C: bench process %.2f core-s/GiB, %.0f%% sys, %.0fk faults, %.0fk switches; machine A %.1f B %.1f C %.1f)", cu.CPUPerGiB,
+				fmt.Fprintf(&line, " (C: bench process %.2f core-s/GiB, generator %.2f, %.0f%% sys, %.0fk faults, %.0fk switches; machine A %.1f B %.1f C %.1f)", cu.CPUPerGiB, cu.GeneratorCPUPerGiB,
 					100*cu.SysSeconds/max(cu.CPUSeconds, 0.01), cu.FaultsPerGiB/1000, cu.SwitchesPerGiB/1000, rd.Upload[c.name]["A"].MachineCPUPerGiB,
 					rd.Upload[c.name]["B"].MachineCPUPerGiB, cu.MachineCPUPerGiB)
 			}
