@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -90,6 +91,30 @@ func openAuditLog(path, dataDir string) (*slog.Logger, func(), error) {
 	return slog.New(slog.NewJSONHandler(f, nil)), func() { f.Close() }, nil
 }
 
+// prepareHostRuntime sets up the Go runtime for a process that runs the
+// host: first the GODEBUG it wants, then GOGC (host.TuneRuntime).
+func prepareHostRuntime(env *Env) {
+	reexecForHost(env)
+	host.TuneRuntime()
+}
+
+// reexecForHost re-executes the process with the GODEBUG the host wants
+// (host.GODEBUGForHost) and does not return, unless no re-execution is
+// needed or possible. If the process cannot re-execute itself it says so
+// and runs on with the runtime's default, which only costs CPU.
+func reexecForHost(env *Env) {
+	if env.Reexec == nil {
+		return
+	}
+	godebug, change := host.GODEBUGForHost(env.Getenv("GODEBUG"))
+	if !change {
+		return
+	}
+	environ := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "GODEBUG=") })
+	err := env.Reexec(append(environ, "GODEBUG="+godebug))
+	fmt.Fprintf(env.Stderr, "kohakuriver: warning: could not restart with GODEBUG=%s (%v); running on with Go's default, which costs the gateway more CPU per GiB relayed\n", godebug, err)
+}
+
 // HostCmd runs the control plane and the SSH gateway.
 type HostCmd struct {
 	HostFlags
@@ -97,8 +122,8 @@ type HostCmd struct {
 }
 
 // Run starts the host and blocks until SIGINT/SIGTERM.
-func (c *HostCmd) Run() error {
-	host.TuneRuntime()
+func (c *HostCmd) Run(env *Env) error {
+	prepareHostRuntime(env)
 	log := c.logger()
 	cfg, closeAudit, err := c.config(log)
 	if err != nil {

@@ -55,8 +55,13 @@ type Env struct {
 	// SSH is the ssh client kohakuriver ssh runs.
 	SSH string
 	Now func() time.Time
-	// Getenv reads the environment (KOHAKURIVER_TOKEN).
+	// Getenv reads the environment (KOHAKURIVER_TOKEN, GODEBUG).
 	Getenv func(string) string
+	// Reexec replaces the process with the same program and arguments
+	// under the environment given (execve); it returns only on failure.
+	// Nil where the process must not be replaced: tests run commands in
+	// their own process.
+	Reexec func(environ []string) error
 }
 
 func (env *Env) fill() {

@@ -124,6 +124,13 @@ func processEnv() *Env {
 		SSH:            sshPath,
 		Now:            time.Now,
 		Getenv:         os.Getenv,
+		Reexec: func(environ []string) error {
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			return syscall.Exec(exe, os.Args, environ)
+		},
 	}
 }
 

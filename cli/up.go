@@ -36,8 +36,8 @@ const (
 )
 
 // Run starts everything and blocks until Ctrl-C.
-func (c *UpCmd) Run() error {
-	host.TuneRuntime()
+func (c *UpCmd) Run(env *Env) error {
+	prepareHostRuntime(env)
 	ctx, stop := signalContext()
 	defer stop()
 	log := c.logger()

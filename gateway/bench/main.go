@@ -24,10 +24,13 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/kohakuriver/kohakuriver/gateway/host"
 )
 
 // options are the command-line flags.
@@ -175,6 +178,18 @@ func main() {
 	}
 	if len(os.Args) > 1 && os.Args[1] == agentChildArg {
 		os.Exit(agentChild())
+	}
+	// The bench runs the host in this process: with the GODEBUG the host
+	// daemon re-executes itself with (see host.GODEBUGForHost), unless
+	// GODEBUG already decides (GODEBUG=madvdontneed=1 measures Go's
+	// default).
+	if godebug, change := host.GODEBUGForHost(os.Getenv("GODEBUG")); change {
+		if exe, err := os.Executable(); err == nil {
+			environ := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "GODEBUG=") })
+			err = syscall.Exec(exe, os.Args, append(environ, "GODEBUG="+godebug))
+			fmt.Fprintln(os.Stderr, "bench: re-executing with GODEBUG:", err)
+			os.Exit(1)
+		}
 	}
 	o, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {

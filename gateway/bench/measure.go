@@ -267,8 +267,22 @@ func machineBusy() (float64, error) {
 // clockTicks is USER_HZ, 100 on every Linux architecture Go supports.
 const clockTicks = 100
 
-// vmRSS returns the VmRSS line of /proc/self/status in bytes.
-func vmRSS() (int64, error) { return statusField("/proc/self/status", "VmRSS:") }
+// residentRSS is this process's resident memory less what the kernel may
+// reclaim at will: Rss minus LazyFree from /proc/self/smaps_rollup. The host
+// returns freed heap memory with MADV_FREE (gateway/host.GODEBUGForHost),
+// which leaves it resident, and counted in VmRSS, until the kernel needs it.
+func residentRSS() (int64, error) {
+	const rollup = "/proc/self/smaps_rollup"
+	rss, err := statusField(rollup, "Rss:")
+	if err != nil {
+		return 0, err
+	}
+	lazy, err := statusField(rollup, "LazyFree:")
+	if err != nil {
+		return 0, err
+	}
+	return rss - lazy, nil
+}
 
 func statusField(file, key string) (int64, error) {
 	data, err := os.ReadFile(file)

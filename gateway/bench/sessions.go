@@ -96,12 +96,13 @@ type childReport struct {
 }
 
 // settledRSS collects garbage, returns freed memory to the OS and reads
-// VmRSS, so that before and after compare live memory.
+// the resident memory the kernel cannot take back (residentRSS), so that
+// before and after compare live memory.
 func settledRSS() (rss int64, ms runtime.MemStats) {
 	runtime.GC()
 	debug.FreeOSMemory()
 	runtime.ReadMemStats(&ms)
-	rss, _ = vmRSS()
+	rss, _ = residentRSS()
 	return rss, ms
 }
 

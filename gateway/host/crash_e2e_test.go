@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -43,6 +44,9 @@ func TestHostKilledDuringCreates(t *testing.T) {
 			"--vps-port-min", strconv.Itoa(portMin), "--vps-port-max", strconv.Itoa(portMin+29),
 			"--admin-addr", "", "--audit-log", "-", "--public-host", "127.0.0.1", "--log-level", "warn")
 		cmd.Stdout, cmd.Stderr = logs, logs
+		// The daemon restarts itself with the GODEBUG it wants unless
+		// GODEBUG already decides; here it does not.
+		cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "GODEBUG=") })
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -53,6 +57,20 @@ func TestHostKilledDuringCreates(t *testing.T) {
 			}
 			return err == nil && resp.StatusCode == 200
 		})
+		// The same process (exec keeps the PID) now runs with it.
+		environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", cmd.Process.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var godebug []string // only these: the rest may hold secrets
+		for _, kv := range strings.Split(string(environ), "\x00") {
+			if strings.HasPrefix(kv, "GODEBUG=") {
+				godebug = append(godebug, kv)
+			}
+		}
+		if !slices.Equal(godebug, []string{"GODEBUG=madvdontneed=0"}) {
+			t.Fatalf("the host did not restart itself with GODEBUG=madvdontneed=0; its GODEBUG entries: %q", godebug)
+		}
 		return cmd
 	}
 	kill := func(cmd *exec.Cmd) {

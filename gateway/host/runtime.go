@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -75,6 +76,51 @@ const bulkLinger = 2 * time.Second
 const maxGCPercent = 10000
 
 var tuneOnce sync.Once
+
+// The host wants the Go heap to give freed memory back with MADV_FREE
+// rather than MADV_DONTNEED (the runtime's default on Linux since Go 1.16).
+//
+// A bulk transfer allocates and frees about 1.25 bytes of x/crypto packet
+// buffers per byte relayed. Between collections the runtime's scavenger
+// hands some of the freed pages back to the kernel (whenever the heap goal
+// drops below what the heap reached: the goal follows the live heap, which
+// moves with the packets in flight), and endHeadroom hands back the rest
+// when a transfer ends. With MADV_DONTNEED each such page faults again when
+// the next buffer lands on it, and on the VMs measured a fault costs 10-16
+// µs. In four interleaved pairs of bench runs (gateway/bench, BENCHMARKS.md;
+// 1 GiB uploads) Go's default faulted 24,000 to 34,000 pages per GiB; with
+// MADV_FREE the second upload of a process faulted none (the first still
+// faults the heap in once: 17,000 to 19,000), and the gateway's CPU per GiB
+// was 2.71-3.06 core-s against 3.12-3.55, lower in every pair.
+//
+// The price: the process's RSS falls only when the kernel reclaims those
+// pages, under memory pressure, so it reads high after a transfer. The
+// LazyFree line of /proc/PID/smaps_rollup is the part the kernel may take
+// back at any time.
+//
+// madvdontneed is read once, when the runtime starts, and //go:debug does
+// not accept it, so the process re-executes itself with it in GODEBUG (see
+// GODEBUGForHost).
+const (
+	madvKey     = "madvdontneed"
+	madvSetting = madvKey + "=0"
+)
+
+// GODEBUGForHost returns the GODEBUG value the host daemon should run with,
+// given the current one, and whether that differs (the process should
+// re-execute itself to get it). A GODEBUG that already names madvdontneed is
+// left alone: the operator's choice, or the re-executed process itself.
+func GODEBUGForHost(current string) (string, bool) {
+	for _, field := range strings.Split(current, ",") {
+		if key, _, _ := strings.Cut(field, "="); strings.TrimSpace(key) == madvKey {
+			return current, false
+		}
+	}
+	if strings.TrimSpace(current) == "" {
+		return madvSetting, true
+	}
+	return current + "," + madvSetting, true
+}
 
 // TuneRuntime applies DefaultGCPercent and HeapHeadroom when GOGC is not
 // set (an explicit GOGC is the operator's choice and is left alone).
@@ -234,6 +280,10 @@ func (t *gcTuner) read() (live, allocated uint64, bySize *metrics.Float64Histogr
 // was in effect, so this costs a few milliseconds. Measured with `kohakuriver
 // up` and one 200 MB scp: 21 MB resident before, 94 at the end of the
 // transfer, 23 five seconds later (without this step, 94 a minute later).
+// That was with MADV_DONTNEED; the host now returns memory with MADV_FREE
+// (see GODEBUGForHost), so what this hands back stays in RSS, counted as
+// LazyFree, until the kernel needs it, and a transfer that starts before
+// then reuses it without page faults.
 func (t *gcTuner) endHeadroom() {
 	t.mu.Lock()
 	if t.stopped.Load() || t.percent.Load() <= int64(t.base) {

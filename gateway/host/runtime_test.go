@@ -1,9 +1,14 @@
 package host
 
 import (
+	"fmt"
+	"os"
+	"os/exec"
+	"regexp"
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -199,4 +204,97 @@ func TestGCTunerHeadroomEndsWithTheTransfer(t *testing.T) {
 	if got := currentGCPercent(); got != 150 {
 		t.Errorf("GOGC %d after the headroom ended, want the base 150", got)
 	}
+}
+
+func TestGODEBUGForHost(t *testing.T) {
+	for _, tc := range []struct {
+		current, want string
+		change        bool
+	}{
+		{"", "madvdontneed=0", true},
+		{"  ", "madvdontneed=0", true},
+		{"gctrace=1", "gctrace=1,madvdontneed=0", true},
+		{"gctrace=1,http2client=0", "gctrace=1,http2client=0,madvdontneed=0", true},
+		// Already decided: the operator's choice or the re-executed process.
+		{"madvdontneed=0", "madvdontneed=0", false},
+		{"madvdontneed=1", "madvdontneed=1", false},
+		{"gctrace=1, madvdontneed=1", "gctrace=1, madvdontneed=1", false},
+		// A key that merely contains the name is another setting.
+		{"xmadvdontneed=1", "xmadvdontneed=1,madvdontneed=0", true},
+	} {
+		got, change := GODEBUGForHost(tc.current)
+		if got != tc.want || change != tc.change {
+			t.Errorf("GODEBUGForHost(%q) = %q, %v; want %q, %v", tc.current, got, change, tc.want, tc.change)
+		}
+	}
+}
+
+// envLazyFreeChild makes the test binary a child that frees a heap it
+// touched and reports what the kernel then counts as LazyFree.
+const envLazyFreeChild = "KOHAKURIVER_TEST_LAZYFREE_CHILD"
+
+// TestMADVFreeKeepsFreedHeapMapped checks the premise of GODEBUGForHost on
+// this kernel and Go: with madvdontneed=0 the memory the runtime hands back
+// stays mapped as LazyFree (reusing it costs no page fault); with Go's
+// default it is dropped at once.
+func TestMADVFreeKeepsFreedHeapMapped(t *testing.T) {
+	if _, err := os.Stat("/proc/self/smaps_rollup"); err != nil {
+		t.Skip("no /proc/self/smaps_rollup (Linux 4.14+):", err)
+	}
+	lazyFree := func(godebug string) int64 {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestMADVFreeChild$", "-test.v")
+		cmd.Env = append(os.Environ(), envLazyFreeChild+"=1", "GODEBUG="+godebug)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("child with GODEBUG=%s: %v\n%s", godebug, err, out)
+		}
+		m := regexp.MustCompile(`lazyfree=(\d+)`).FindSubmatch(out)
+		if m == nil {
+			t.Fatalf("child with GODEBUG=%s said no lazyfree=:\n%s", godebug, out)
+		}
+		n, _ := strconv.ParseInt(string(m[1]), 10, 64)
+		return n
+	}
+	const heap = 64 << 20
+	if got := lazyFree("madvdontneed=0"); got < heap/2 {
+		t.Errorf("madvdontneed=0: %d bytes LazyFree after freeing %d; want most of it (MADV_FREE)", got, heap)
+	}
+	if got := lazyFree("madvdontneed=1"); got != 0 {
+		t.Errorf("madvdontneed=1: %d bytes LazyFree; want 0 (MADV_DONTNEED drops pages at once)", got)
+	}
+}
+
+// TestMADVFreeChild is the child of TestMADVFreeKeepsFreedHeapMapped: it
+// touches 64 MiB of heap, drops it, has the runtime return it, and prints
+// the LazyFree figure.
+func TestMADVFreeChild(t *testing.T) {
+	if os.Getenv(envLazyFreeChild) == "" {
+		t.Skip("child of TestMADVFreeKeepsFreedHeapMapped")
+	}
+	touchHeap(64, 1<<20)
+	runtime.GC()
+	debug.FreeOSMemory()
+	data, err := os.ReadFile("/proc/self/smaps_rollup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^LazyFree:\s+(\d+) kB`).FindSubmatch(data)
+	if m == nil {
+		t.Fatalf("no LazyFree line in smaps_rollup:\n%s", data)
+	}
+	kb, _ := strconv.ParseInt(string(m[1]), 10, 64)
+	fmt.Printf("lazyfree=%d\n", kb<<10)
+}
+
+// touchHeap allocates n buffers of size bytes, writes every page of them,
+// and drops them.
+func touchHeap(n, size int) {
+	bufs := make([][]byte, n)
+	for i := range bufs {
+		bufs[i] = make([]byte, size)
+		for j := 0; j < size; j += 4096 {
+			bufs[i][j] = 1
+		}
+	}
+	runtime.KeepAlive(bufs)
 }
