@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -151,7 +152,8 @@ func setup(ctx context.Context, o options) (e *env, err error) {
 			return e, fmt.Errorf("path %s does not work: %w", p.name, err)
 		}
 	}
-	fmt.Printf("setup: host, agent %s, VPS %s and jump sshd up in %s\n", e.nodeName, e.vps.TaskID, time.Since(start).Round(time.Millisecond))
+	fmt.Printf("setup: host (GOMAXPROCS %d, GODEBUG %q), agent %s, VPS %s and jump sshd up in %s\n", runtime.GOMAXPROCS(0), os.Getenv("GODEBUG"),
+		e.nodeName, e.vps.TaskID, time.Since(start).Round(time.Millisecond))
 	return e, nil
 }
 

@@ -8,7 +8,9 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -297,4 +299,72 @@ func touchHeap(n, size int) {
 		}
 	}
 	runtime.KeepAlive(bufs)
+}
+
+func TestProcsFor(t *testing.T) {
+	for _, tc := range []struct {
+		current int
+		fromEnv bool
+		want    int
+	}{
+		{2, false, 1},
+		{1, false, 0},
+		{3, false, 0},
+		{16, false, 0},
+		{2, true, 0}, // GOMAXPROCS=2 in the environment: the operator's choice
+	} {
+		if got := procsFor(tc.current, tc.fromEnv); got != tc.want {
+			t.Errorf("procsFor(%d, %v) = %d; want %d", tc.current, tc.fromEnv, got, tc.want)
+		}
+	}
+}
+
+// envTuneChild makes the test binary a child that calls TuneRuntime and
+// prints GOMAXPROCS and GOGC.
+const envTuneChild = "KOHAKURIVER_TEST_TUNE_CHILD"
+
+// TestTuneRuntimeInProcess runs TuneRuntime in fresh processes: one P on a
+// machine of up to two CPUs and Go's default above, GOGC 50; an explicit
+// GOMAXPROCS or GOGC in the environment is kept.
+func TestTuneRuntimeInProcess(t *testing.T) {
+	tune := func(env ...string) (before, procs, gogc int) {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestTuneRuntimeChild$", "-test.v")
+		cmd.Env = append(slices.DeleteFunc(os.Environ(), func(kv string) bool {
+			return strings.HasPrefix(kv, "GOMAXPROCS=") || strings.HasPrefix(kv, "GOGC=")
+		}), append(env, envTuneChild+"=1")...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("child %q: %v\n%s", env, err, out)
+		}
+		m := regexp.MustCompile(`before=(\d+) procs=(\d+) gogc=(-?\d+)`).FindSubmatch(out)
+		if m == nil {
+			t.Fatalf("child %q printed no procs=:\n%s", env, out)
+		}
+		before, _ = strconv.Atoi(string(m[1]))
+		procs, _ = strconv.Atoi(string(m[2]))
+		gogc, _ = strconv.Atoi(string(m[3]))
+		return before, procs, gogc
+	}
+	before, procs, gogc := tune()
+	wantProcs := before // Go's default: CPUs, or the cgroup's limit
+	if before <= smallMachineProcs {
+		wantProcs = 1
+	}
+	if procs != wantProcs || gogc != DefaultGCPercent {
+		t.Errorf("defaults with Go's GOMAXPROCS %d: GOMAXPROCS %d, GOGC %d; want %d, %d", before, procs, gogc, wantProcs, DefaultGCPercent)
+	}
+	if _, procs, gogc := tune("GOMAXPROCS=2", "GOGC=80"); procs != 2 || gogc != 80 {
+		t.Errorf("GOMAXPROCS=2 GOGC=80 in the environment: got %d, %d; want them kept", procs, gogc)
+	}
+}
+
+// TestTuneRuntimeChild is the child of TestTuneRuntimeInProcess.
+func TestTuneRuntimeChild(t *testing.T) {
+	if os.Getenv(envTuneChild) == "" {
+		t.Skip("child of TestTuneRuntimeInProcess")
+	}
+	before := runtime.GOMAXPROCS(0)
+	TuneRuntime()
+	gogc := debug.SetGCPercent(100)
+	fmt.Printf("before=%d procs=%d gogc=%d\n", before, runtime.GOMAXPROCS(0), gogc)
 }
