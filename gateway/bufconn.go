@@ -27,7 +27,9 @@ type readAheadConn struct {
 	full bool    // the last fill filled buf
 }
 
-const readAheadSize = 128 << 10
+// readAheadSize is what a streaming connection reads per system call: as
+// much as has queued, up to 512 KiB (see bulkCopyBuf for the measurements).
+const readAheadSize = 512 << 10
 
 var readAheadBufs = sync.Pool{New: func() any { b := make([]byte, readAheadSize); return &b }}
 

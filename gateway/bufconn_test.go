@@ -98,7 +98,7 @@ func (s *spyConn) Read(p []byte) (int, error) {
 
 // TestReadAheadConnIdlesWithoutBuffer: after a burst that the read-ahead
 // buffer took in (a fill it did not fill), the read that waits for the
-// next data goes into the caller's buffer, not the 128 KiB one: an idle
+// next data goes into the caller's buffer, not the big one: an idle
 // session must not hold it.
 func TestReadAheadConnIdlesWithoutBuffer(t *testing.T) {
 	w, r := tcpPair(t)

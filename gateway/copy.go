@@ -18,14 +18,19 @@ import (
 // outstanding, x/crypto answers every Read with a window adjust (a packet
 // and a write to the peer), so reading what has queued in one go instead
 // of packet by packet cut the gateway's CPU per GiB relayed by about a
-// tenth in the bench (gateway/bench; 512 KiB did no better than 128). The
-// big buffer goes back to its pool after any read it did not fill: the
-// next read may block for as long as the session idles.
+// tenth in the bench (gateway/bench). 512 KiB did no better than 128 while
+// the host ran two Ps; with one (a machine of two CPUs, see
+// host.TuneRuntime) the copy runs only once x/crypto's reader has parked,
+// so more has queued, and 512 KiB here and in readAheadConn took the
+// gateway 1.88-2.86 core-s/GiB against 2.16-3.17 (six interleaved pairs of
+// bench runs, lower in five). The big buffer goes back to its pool after
+// any read it did not fill: the next read may block for as long as the
+// session idles, so only streaming copies hold one.
 const (
 	idleCopyBuf   = 256
 	burstSize     = 1 << 10
 	packetCopyBuf = 32 << 10 // x/crypto's largest channel data packet
-	bulkCopyBuf   = 128 << 10
+	bulkCopyBuf   = 512 << 10
 )
 
 var (

@@ -83,7 +83,7 @@ func (w *recordingWriter) Write(p []byte) (int, error) {
 // and back: every byte must arrive in order, a chunk that fits the buffer
 // in use must go out as one write (one SSH packet), and the bulk buffer is
 // used only right after a read that filled its buffer: any other read may
-// block for as long as the session idles, and must not hold 128 KiB.
+// block for as long as the session idles, and must not hold a bulk buffer.
 func TestCopyDataModes(t *testing.T) {
 	const p, b = packetCopyBuf, bulkCopyBuf
 	chunks := []int{
