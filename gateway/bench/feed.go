@@ -14,11 +14,12 @@ import (
 // The upload's data comes from a child process (this binary, re-executed
 // with feedChildArg) writing into ssh's stdin, not from a goroutine of this
 // one: on path C this process is the host and gateway, whose CPU per GiB is
-// the figure that matters, and a generator in it would add its pipe writes
-// and, worse, the Go scheduler's wake-ups around them (measured: about 0.3
-// core-s/GiB of writes plus 0.4 to 0.9 of futex and epoll churn on other
-// threads, varying with how fast ssh drains the pipe, hence with the path:
-// subtracting path A's figure did not cancel it).
+// the figure that matters. A generator goroutine cost this process 0.7 to
+// 1.0 core-s/GiB on path A (its pipe writes 0.4 to 0.5, the rest the Go
+// scheduler's wake-ups around them on other threads) but nothing measurable
+// on path C, where it kept the host's threads busy and so cut the
+// gateway's own wake-ups and page faults: subtracting path A's figure
+// understated the gateway by about 0.9 core-s/GiB (BENCHMARKS.md).
 const feedChildArg = "-feed-child"
 
 // chunkSize is what the generator writes to ssh's stdin per call.
