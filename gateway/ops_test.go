@@ -1,9 +1,12 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"strconv"
@@ -184,40 +187,87 @@ func TestReloadLimits(t *testing.T) {
 	}
 }
 
-// TestShutdownDrainsThenTells: Shutdown lets a session finish within the
-// drain time; one that outlives it is told why before it is cut.
+// TestShutdownDrainsThenTells: while Shutdown drains, sessions already open
+// go on working (one is fed and finishes after the listener has closed);
+// when the drain time ends, those still open are told why and closed. No
+// step depends on how long anything takes: the drain ends when the test
+// cancels it.
 func TestShutdownDrainsThenTells(t *testing.T) {
 	g := newTestGateway(t, nil)
 	key := newUserKey(t)
 	g.addVPS(t, "drain", 0, key)
+	addr := g.srv.Addr().String()
 	short := dialGo(t, g, key, "drain")
 	long := dialGo(t, g, key, "drain")
-	shortSess, _ := short.NewSession()
-	longSess, _ := long.NewSession()
+	shortSess, err := short.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	longSess, err := long.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	shortIn, err := shortSess.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var shortOut bytes.Buffer
+	shortSess.Stdout = &shortOut
 	var longErr strings.Builder
 	longSess.Stderr = &longErr
-	shortDone := make(chan error, 1)
-	longDone := make(chan error, 1)
-	go func() { shortDone <- shortSess.Run("sleep 1; echo finished") }()
+	if err := shortSess.Start("read line; echo finished $line"); err != nil {
+		t.Fatal(err)
+	}
 	if err := longSess.Start("sleep 60"); err != nil {
 		t.Fatal(err)
 	}
+	longDone := make(chan error, 1)
 	go func() { longDone <- longSess.Wait() }()
-	time.Sleep(300 * time.Millisecond) // both sessions are running
 
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	// The drain lasts until the test cancels it (a minute bounds a hang).
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	_ = g.srv.Shutdown(ctx)
-	if err := <-shortDone; err != nil {
-		t.Fatalf("a session within the drain time was cut: %v", err)
+	shutdownDone := make(chan error, 1)
+	go func() { shutdownDone <- g.srv.Shutdown(ctx) }()
+	// Draining: the listener refuses new connections.
+	for i := 0; ; i++ {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			break
+		}
+		c.Close()
+		if i == 300 {
+			t.Fatal("the gateway still accepts connections after Shutdown began")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	if _, err := io.WriteString(shortIn, "now\n"); err != nil {
+		t.Fatalf("writing to a session while draining: %v", err)
+	}
+	if err := shortSess.Wait(); err != nil {
+		t.Fatalf("a session that finished while draining was cut: %v", err)
+	}
+	if got := shortOut.String(); got != "finished now\n" {
+		t.Fatalf("the session that finished while draining said %q", got)
 	}
 	select {
+	case err := <-longDone:
+		t.Fatalf("the long session ended before the drain did: %v", err)
+	default:
+	}
+
+	cancel() // the drain time is over
+	select {
 	case <-longDone:
-	case <-time.After(30 * time.Second):
+	case <-time.After(30 * time.Second): // a hang detector, not a timing check
 		t.Fatal("the long session was not closed after the drain time")
 	}
 	if !strings.Contains(longErr.String(), "the gateway is shutting down") {
 		t.Fatalf("the long session was not told why: %q", longErr.String())
+	}
+	if err := <-shutdownDone; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Shutdown cut short by its context returned %v; want context.Canceled", err)
 	}
 }
 
