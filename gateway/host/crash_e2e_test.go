@@ -50,6 +50,12 @@ func TestHostKilledDuringCreates(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
+		// Whatever fails below, the process goes with the test (a second
+		// Kill and Wait after the test's own are no-ops).
+		t.Cleanup(func() {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		})
 		waitFor(t, "host API", func() bool {
 			resp, err := http.Get(apiURL + "/healthz")
 			if err == nil {
