@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -110,8 +109,7 @@ func reexecForHost(env *Env) {
 	if !change {
 		return
 	}
-	environ := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "GODEBUG=") })
-	err := env.Reexec(append(environ, "GODEBUG="+godebug))
+	err := env.Reexec(host.WithGODEBUG(os.Environ(), godebug))
 	fmt.Fprintf(env.Stderr, "kohakuriver: warning: could not restart with GODEBUG=%s (%v); running on with Go's default, which costs the gateway more CPU per GiB relayed\n", godebug, err)
 }
 

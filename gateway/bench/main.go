@@ -24,7 +24,6 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/pprof"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -185,8 +184,7 @@ func main() {
 	// default).
 	if godebug, change := host.GODEBUGForHost(os.Getenv("GODEBUG")); change {
 		if exe, err := os.Executable(); err == nil {
-			environ := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "GODEBUG=") })
-			err = syscall.Exec(exe, os.Args, append(environ, "GODEBUG="+godebug))
+			err = syscall.Exec(exe, os.Args, host.WithGODEBUG(os.Environ(), godebug))
 			fmt.Fprintln(os.Stderr, "bench: re-executing with GODEBUG:", err)
 			os.Exit(1)
 		}

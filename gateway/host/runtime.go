@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -105,6 +106,13 @@ const (
 	madvKey     = "madvdontneed"
 	madvSetting = madvKey + "=0"
 )
+
+// WithGODEBUG returns environ (KEY=value entries) with its GODEBUG entries
+// replaced by one holding godebug, for re-executing the process.
+func WithGODEBUG(environ []string, godebug string) []string {
+	out := slices.DeleteFunc(slices.Clone(environ), func(kv string) bool { return strings.HasPrefix(kv, "GODEBUG=") })
+	return append(out, "GODEBUG="+godebug)
+}
 
 // GODEBUGForHost returns the GODEBUG value the host daemon should run with,
 // given the current one, and whether that differs (the process should
