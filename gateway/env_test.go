@@ -191,6 +191,17 @@ func startSSHD(t testing.TB, ca gossh.PublicKey, extraConfig string) *sshd {
 	if err := os.WriteFile(filepath.Join(dir, "authorized_keys"), []byte(ak), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The sessions' HOME is a directory of the test's, not the login
+	// user's: bash run by sshd sources ~/.bashrc even for `ssh host cmd`,
+	// and a machine's rc files are no part of what is tested here. They
+	// can cost a minute per command: on the CI machines root's .bashrc
+	// runs `pyenv init`, whose rehash waits up to 60 s for a lock that a
+	// concurrent or killed session holds. sshd still starts sessions in
+	// the login user's home directory (it uses the passwd entry for that).
+	home := filepath.Join(dir, "home")
+	if err := os.Mkdir(home, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	_ = os.MkdirAll("/run/sshd", 0o755)
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
@@ -210,8 +221,9 @@ Subsystem sftp internal-sftp
 AllowTcpForwarding yes
 AllowAgentForwarding yes
 X11Forwarding yes
+SetEnv HOME=%s
 %s
-`, port, dir, dir, dir, extraConfig)
+`, port, dir, dir, dir, home, extraConfig)
 		cfgPath := filepath.Join(dir, "sshd_config")
 		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
