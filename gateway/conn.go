@@ -268,13 +268,15 @@ func (c *conn) logSummary(cause error) {
 	exits := append([]string(nil), c.exits...)
 	opened := append([]string(nil), c.opened...)
 	c.exitMu.Unlock()
+	// c.log has carried vps and login_user since the login was admitted
+	// (auth.go, interactive.go): adding them again would write each key
+	// twice into the JSON record. The audit log is a logger of its own and
+	// gets them below.
 	attrs := []any{
 		"remote_addr", c.remote.String(),
 		"route", string(r.kind),
-		"vps", r.vps.TaskID,
 		"node", r.vps.Node,
 		"owner", r.vps.Owner,
-		"login_user", r.login,
 		"key_fingerprint", r.fingerprint,
 		"start", c.start.UTC().Format(time.RFC3339Nano),
 		"end", time.Now().UTC().Format(time.RFC3339Nano),
@@ -292,7 +294,7 @@ func (c *conn) logSummary(cause error) {
 	}
 	c.log.Info("session ended", attrs...)
 	if c.srv.cfg.Audit != nil {
-		c.srv.cfg.Audit.Info("ssh session", append(attrs, "conn_id", c.id)...)
+		c.srv.cfg.Audit.Info("ssh session", append(attrs, "conn_id", c.id, "vps", r.vps.TaskID, "login_user", r.login)...)
 	}
 }
 

@@ -137,12 +137,73 @@ func TestMetricsAndAudit(t *testing.T) {
 			t.Errorf("record %d lacks who/what: %v", i, r)
 		}
 	}
+	// The gateway's own log says the same once per connection, with each
+	// key once: a record whose keys repeat reads differently to different
+	// JSON parsers (most keep the last).
+	ended := 0
+	for _, line := range strings.Split(strings.TrimSpace(g.logs.String()), "\n") {
+		if !strings.Contains(line, `"msg":"session ended"`) {
+			continue
+		}
+		ended++
+		if dup := repeatedKeys(t, line); len(dup) > 0 {
+			t.Errorf("session ended record repeats %v: %s", dup, line)
+		}
+		var r map[string]any
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if r["vps"] != v.TaskID || r["login_user"] != loginUser(t) || r["key_fingerprint"] != key.auth.Fingerprint {
+			t.Errorf("session ended record lacks who/what: %s", line)
+		}
+	}
+	if ended != 2 {
+		t.Errorf("want 2 session ended records in the gateway's log, got %d", ended)
+	}
+	for i, r := range records {
+		if r["login_user"] != loginUser(t) || r["conn_id"] == nil {
+			t.Errorf("audit record %d lacks login_user or conn_id: %v", i, r)
+		}
+	}
+	for i, line := range strings.Split(strings.TrimSpace(audit.String()), "\n") {
+		if dup := repeatedKeys(t, line); len(dup) > 0 {
+			t.Errorf("audit record %d repeats %v: %s", i, dup, line)
+		}
+	}
 	if fw, _ := records[0]["forwards"].([]any); len(fw) != 1 || fw[0] != wantForward {
 		t.Errorf("first record forwards = %v, want [%s]", records[0]["forwards"], wantForward)
 	}
 	if ex, _ := records[1]["exit"].([]any); len(ex) != 1 || ex[0] != "status "+strconv.Itoa(4) {
 		t.Errorf("second record exit = %v, want [status 4]", records[1]["exit"])
 	}
+}
+
+// repeatedKeys returns the top-level keys that occur more than once in the
+// JSON object line.
+func repeatedKeys(t testing.TB, line string) []string {
+	t.Helper()
+	dec := json.NewDecoder(strings.NewReader(line))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		t.Fatalf("not a JSON object: %q", line)
+	}
+	seen := map[string]bool{}
+	var repeated []string
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			t.Fatalf("%q: %v", line, err)
+		}
+		key := tok.(string)
+		if seen[key] {
+			repeated = append(repeated, key)
+		}
+		seen[key] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			t.Fatalf("%q: %v", line, err)
+		}
+	}
+	return repeated
 }
 
 func waitFor(t testing.TB, what string, cond func() bool) {
