@@ -18,7 +18,7 @@ import (
 func TestExecThroughGateway(t *testing.T) {
 	g := newTestGateway(t, nil)
 	key := newUserKey(t)
-	v, _ := g.addVPS(t, "box", 0, key)
+	v, d := g.addVPS(t, "box", 0, key)
 
 	tests := []struct {
 		name       string
@@ -36,6 +36,8 @@ func TestExecThroughGateway(t *testing.T) {
 		{name: "stderr kept apart", user: "box", cmd: "echo out; echo err >&2; exit 3", wantOut: "out\n", wantErr: "err\n", wantStatus: 3},
 		{name: "stdin", user: "box", cmd: "tr a-z A-Z", stdin: "shout\n", wantOut: "SHOUT\n"},
 		{name: "output after exit status", user: "box", cmd: "seq 1 20000 | tail -n 1", wantOut: "20000\n"},
+		// startSSHD's SetEnv: the machine's rc files stay out of the tests.
+		{name: "the test sshd's HOME", user: "box", cmd: "echo $HOME", wantOut: filepath.Join(d.dir, "home") + "\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
