@@ -126,7 +126,13 @@ func (s *Server) resolve(ctx context.Context, vpsPort int, user string, key goss
 			if login == "" {
 				login = v.LoginUser
 			}
-			return s.admit(routeUsername, v, login, fp)
+			r, err := s.admit(routeUsername, v, login, fp)
+			if errors.Is(err, errKeyNotAdmitted) {
+				// In the words the client used: a stranger who typed a
+				// task id must not learn the VPS's name.
+				return route{}, s.denyUnknown(t.Ref)
+			}
+			return r, err
 		case !errors.Is(err, store.ErrNotFound):
 			return route{}, fmt.Errorf("look up vps %q: %w", t.Ref, err)
 		case t.Explicit || !t.MaybeLogin:
@@ -136,6 +142,11 @@ func (s *Server) resolve(ctx context.Context, vpsPort int, user string, key goss
 	// A bare word that names no VPS is the login user of a key route.
 	return s.resolveKey(ctx, user, fp)
 }
+
+// errKeyNotAdmitted is admit's refusal of a key that v does not list. Each
+// route words it for the user itself (denyUnknown, resolvePort), naming
+// only what the client already named.
+var errKeyNotAdmitted = errors.New("key not among the vps's keys")
 
 // admit checks that the key opens v.
 func (s *Server) admit(kind routeKind, v store.VPS, login, fp string) (route, error) {
@@ -149,13 +160,14 @@ func (s *Server) admit(kind routeKind, v store.VPS, login, fp string) (route, er
 		return route{}, errors.New("vps has no keys")
 	}
 	if !v.HasKey(fp) {
-		// Same words as for a VPS that does not exist: a refusal must not
-		// tell strangers which VPSs exist.
-		return route{}, s.denyUnknown(v.Ref())
+		return route{}, errKeyNotAdmitted
 	}
 	return route{kind: kind, vps: v, login: login, fingerprint: fp}, nil
 }
 
+// denyUnknown refuses a login by name or task id with the same words
+// whether the VPS exists or not: a refusal must not tell strangers which
+// VPSs exist.
 func (s *Server) denyUnknown(ref string) error {
 	return userErrorf(nil, "this key does not open VPS %q, or there is no such VPS; check `kohakuriver vps status %s` and the key you offer", printable(ref), printable(ref))
 }
@@ -173,7 +185,13 @@ func (s *Server) resolvePort(ctx context.Context, port int, user, fp string) (ro
 	if err := store.ValidateLoginUser(user); err != nil {
 		return route{}, userErrorf(nil, "%q is not a valid login user; on a VPS port the user name is the user inside the VPS (ssh -p %d root@HOST)", printable(user), port)
 	}
-	return s.admit(routePort, v, user, fp)
+	r, err := s.admit(routePort, v, user, fp)
+	if errors.Is(err, errKeyNotAdmitted) {
+		// The port is all the client named: anyone can find the VPS ports
+		// by connecting, but not the names of the VPSs behind them.
+		return route{}, userErrorf(nil, "this key does not open the VPS on port %d; check the port with `kohakuriver vps list` and the key you offer", port)
+	}
+	return r, err
 }
 
 // resolveKey routes by key alone: the key must open exactly one running VPS.

@@ -98,14 +98,17 @@ func TestRoutesAndDenials(t *testing.T) {
 		user     string
 		wantHost string // VPS reached (its task id), "" = refused
 		wantMsg  string // refusal text on stderr
+		notSay   string // what the refusal must not reveal
 	}{
 		{name: "A by name", key: keyA, user: "alpha", wantHost: vA.TaskID},
 		{name: "A by port", key: keyA, port: portA, user: me, wantHost: vA.TaskID},
 		{name: "A by key", key: keyA, user: me, wantHost: vA.TaskID},
 		{name: "B by key", key: keyB, user: me, wantHost: vB.TaskID},
 		{name: "key of B on A's name", key: keyB, user: "alpha", wantMsg: "does not open VPS"},
-		{name: "key of B on A's port", key: keyB, port: portA, user: me, wantMsg: "does not open VPS"},
-		{name: "key of A on B's task id", key: keyA, user: me + "@" + vB.TaskID, wantMsg: "does not open VPS"},
+		// A stranger learns no VPS's name from a refusal: on a port it
+		// names the port, by task id the task id.
+		{name: "key of B on A's port", key: keyB, port: portA, user: me, wantMsg: fmt.Sprintf("does not open the VPS on port %d", portA), notSay: "alpha"},
+		{name: "key of A on B's task id", key: keyA, user: me + "@" + vB.TaskID, wantMsg: fmt.Sprintf("does not open VPS %q", vB.TaskID), notSay: "beta"},
 		{name: "shared key by key route is ambiguous", key: keyC, user: me, wantMsg: "opens several VPSs"},
 		{name: "shared key by name", key: keyC, user: "beta", wantHost: vB.TaskID},
 		{name: "unknown task", key: keyA, user: "root@1234567890123456789", wantMsg: "no such VPS"},
@@ -128,6 +131,9 @@ func TestRoutesAndDenials(t *testing.T) {
 				}
 				if !strings.Contains(errOut, tt.wantMsg) {
 					t.Fatalf("stderr %q does not explain the refusal (want %q)", errOut, tt.wantMsg)
+				}
+				if tt.notSay != "" && strings.Contains(errOut, tt.notSay) {
+					t.Fatalf("stderr %q reveals %q", errOut, tt.notSay)
 				}
 				return
 			}
