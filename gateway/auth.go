@@ -127,19 +127,27 @@ func (s *Server) resolve(ctx context.Context, vpsPort int, user string, key goss
 				login = v.LoginUser
 			}
 			r, err := s.admit(routeUsername, v, login, fp)
-			if errors.Is(err, errKeyNotAdmitted) {
+			switch {
+			case !errors.Is(err, errKeyNotAdmitted):
+				return r, err
+			case t.Explicit || !t.MaybeLogin:
 				// In the words the client used: a stranger who typed a
 				// task id must not learn the VPS's name.
 				return route{}, s.denyUnknown(t.Ref)
 			}
-			return r, err
+			// A bare word that names a VPS this key does not open is, for
+			// this key, a login user like any other (below): a VPS named
+			// "root" must not take `ssh root@host` from everyone else, and
+			// a stranger must get the answer he would get if no VPS had
+			// that name.
 		case !errors.Is(err, store.ErrNotFound):
 			return route{}, fmt.Errorf("look up vps %q: %w", t.Ref, err)
 		case t.Explicit || !t.MaybeLogin:
 			return route{}, s.denyUnknown(t.Ref)
 		}
 	}
-	// A bare word that names no VPS is the login user of a key route.
+	// A bare word that names no VPS (that this key opens) is the login
+	// user of a key route.
 	return s.resolveKey(ctx, user, fp)
 }
 
@@ -210,7 +218,7 @@ func (s *Server) resolveKey(ctx context.Context, login, fp string) (route, error
 	case 1:
 		return route{kind: routeKey, vps: running[0], login: login, fingerprint: fp}, nil
 	case 0:
-		return route{}, userErrorf(nil, "%q is not a VPS and this key opens no running VPS; connect with %s", printable(login), s.hint())
+		return route{}, userErrorf(nil, "this key opens no running VPS, and %q names none it opens; connect with %s", printable(login), s.hint())
 	default:
 		refs := make([]string, 0, len(running))
 		for _, v := range running {

@@ -90,6 +90,13 @@ func TestRoutesAndDenials(t *testing.T) {
 	waitPortListening(t, g.srv, portA)
 	waitPortListening(t, g.srv, portB)
 	me := loginUser(t)
+	// Another user's VPS named like the login user the others type: their
+	// key routes must not go to it (or be refused by it).
+	keyD := newUserKey(t)
+	if store.ValidateName(me) != nil {
+		t.Fatalf("login user %q is not a valid VPS name; the squatter case needs one", me)
+	}
+	vD, _ := g.addVPS(t, me, 0, keyD)
 
 	tests := []struct {
 		name     string
@@ -104,7 +111,13 @@ func TestRoutesAndDenials(t *testing.T) {
 		{name: "A by port", key: keyA, port: portA, user: me, wantHost: vA.TaskID},
 		{name: "A by key", key: keyA, user: me, wantHost: vA.TaskID},
 		{name: "B by key", key: keyB, user: me, wantHost: vB.TaskID},
-		{name: "key of B on A's name", key: keyB, user: "alpha", wantMsg: "does not open VPS"},
+		{name: "D by its name", key: keyD, user: me, wantHost: vD.TaskID},
+		// A bare name the key does not open reads as a login user of a
+		// key route, as if no VPS had that name: no stranger learns that
+		// one does.
+		{name: "key of B on A's name", key: keyB, user: "alpha", wantMsg: `the sshd of VPS beta refused the login as "alpha"`},
+		{name: "key of B on a name no VPS has", key: keyB, user: "gamma", wantMsg: `the sshd of VPS beta refused the login as "gamma"`},
+		{name: "stranger on A's name", key: newUserKey(t), user: "alpha", wantMsg: `this key opens no running VPS, and "alpha" names none it opens`},
 		// A stranger learns no VPS's name from a refusal: on a port it
 		// names the port, by task id the task id.
 		{name: "key of B on A's port", key: keyB, port: portA, user: me, wantMsg: fmt.Sprintf("does not open the VPS on port %d", portA), notSay: "alpha"},

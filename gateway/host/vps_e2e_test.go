@@ -81,7 +81,7 @@ func TestVPSLifecycleOverSSH(t *testing.T) {
 		t.Fatal("container still there after delete")
 	}
 	waitFor(t, "port listener to close after delete", func() bool { return !c.host.Gateway().PortListening(v.SSHPort) })
-	if _, errOut, code := c.ssh(key, 0, "life", "", "true"); code == 0 || !strings.Contains(errOut, `"life" is not a VPS`) {
+	if _, errOut, code := c.ssh(key, 0, "life", "", "true"); code == 0 || !strings.Contains(errOut, `"life" names none it opens`) {
 		t.Fatalf("after delete: %d %q", code, errOut)
 	}
 }
