@@ -114,7 +114,7 @@ func (c *VPSCreateCmd) Run(ctx context.Context, env *Env, out *Output, cl *Clust
 func (c *VPSCreateCmd) request() (api.CreateVPSRequest, error) {
 	req := api.CreateVPSRequest{Name: c.Name, Node: c.Target, Image: c.Image, Cores: c.Cores, LoginUser: c.LoginUser}
 	if c.Name != "" {
-		if err := store.ValidateName(c.Name); err != nil {
+		if err := store.ValidateNewName(c.Name); err != nil {
 			return req, fmt.Errorf("--name: %s", userMessage(err))
 		}
 	}

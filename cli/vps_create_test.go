@@ -74,6 +74,7 @@ func TestCreateRefusesBadFlagsBeforeAnyRequest(t *testing.T) {
 		{"no id_*.pub, no flag", nil, "no public key found in"},
 		{"missing key file", []string{"--public-key-file", "/nonexistent.pub"}, "--public-key-file: open /nonexistent.pub"},
 		{"bad name", []string{"--name", "Web_1", "--no-ssh-key"}, "--name: VPS name \"Web_1\" must be"},
+		{"reserved name", []string{"--name", "config", "--no-ssh-key"}, "--name: VPS name \"config\" is reserved"},
 		{"bad memory", []string{"-m", "lots", "--no-ssh-key"}, "--memory \"lots\": give a size such as 512M"},
 		{"bad login user", []string{"--login-user", "Root!", "--no-ssh-key"}, "--login-user: login user"},
 	} {

@@ -127,27 +127,38 @@ func (s *Server) resolve(ctx context.Context, vpsPort int, user string, key goss
 				login = v.LoginUser
 			}
 			r, err := s.admit(routeUsername, v, login, fp)
-			switch {
-			case !errors.Is(err, errKeyNotAdmitted):
-				return r, err
-			case t.Explicit || !t.MaybeLogin:
-				// In the words the client used: a stranger who typed a
-				// task id must not learn the VPS's name.
-				return route{}, s.denyUnknown(t.Ref)
+			if err == nil {
+				return r, nil
+			}
+			if t.Explicit || !t.MaybeLogin {
+				if errors.Is(err, errKeyNotAdmitted) {
+					// In the words the client used: a stranger who typed
+					// a task id must not learn the VPS's name.
+					return route{}, s.denyUnknown(t.Ref)
+				}
+				return route{}, err
+			}
+			if errors.Is(err, errNoKeys) {
+				// The VPS's own authentication comes next. Not a key
+				// route: its owner's client may well offer a key that
+				// opens another of his VPSs first. (The name "root",
+				// everyone's key-route login, is reserved for this:
+				// store.ValidateNewName.)
+				return route{}, err
 			}
 			// A bare word that names a VPS this key does not open is, for
-			// this key, a login user like any other (below): a VPS named
-			// "root" must not take `ssh root@host` from everyone else, and
-			// a stranger must get the answer he would get if no VPS had
-			// that name.
+			// this key, a login user like any other: a VPS named like a
+			// login user must not take `ssh LOGIN@host` from everyone
+			// else, and a stranger must get the answer he would get if no
+			// VPS had that name.
+			return s.resolveKey(ctx, user, fp)
 		case !errors.Is(err, store.ErrNotFound):
 			return route{}, fmt.Errorf("look up vps %q: %w", t.Ref, err)
 		case t.Explicit || !t.MaybeLogin:
 			return route{}, s.denyUnknown(t.Ref)
 		}
 	}
-	// A bare word that names no VPS (that this key opens) is the login
-	// user of a key route.
+	// A bare word that names no VPS is the login user of a key route.
 	return s.resolveKey(ctx, user, fp)
 }
 
@@ -155,6 +166,11 @@ func (s *Server) resolve(ctx context.Context, vpsPort int, user string, key goss
 // route words it for the user itself (denyUnknown, resolvePort), naming
 // only what the client already named.
 var errKeyNotAdmitted = errors.New("key not among the vps's keys")
+
+// errNoKeys is admit's answer for a VPS that takes no keys: the client
+// goes on to keyboard-interactive, which relays the VPS's own
+// authentication (interactive.go).
+var errNoKeys = errors.New("vps has no keys")
 
 // admit checks that the key opens v.
 func (s *Server) admit(kind routeKind, v store.VPS, login, fp string) (route, error) {
@@ -165,7 +181,7 @@ func (s *Server) admit(kind routeKind, v store.VPS, login, fp string) (route, er
 		// No banner: the client goes on to keyboard-interactive, which
 		// relays the VPS's own authentication (interactive.go). Keys added
 		// later are honoured like any others.
-		return route{}, errors.New("vps has no keys")
+		return route{}, errNoKeys
 	}
 	if !v.HasKey(fp) {
 		return route{}, errKeyNotAdmitted

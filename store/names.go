@@ -34,6 +34,27 @@ func ValidateName(name string) error {
 	return nil
 }
 
+// reservedNames may not name a new VPS. "root" is the login user people
+// type for key routing (`ssh root@host -p 8002`) and on VPS ports: a VPS
+// that takes no keys under that name would answer everyone's key-routed
+// login with its password prompt. "config" and "connect" are subcommands
+// of `kohakuriver ssh`, so `kohakuriver ssh config` could not reach a VPS
+// of that name.
+var reservedNames = map[string]bool{"root": true, "config": true, "connect": true}
+
+// ValidateNewName is ValidateName for a VPS being created: it also refuses
+// the reserved names. Records already stored keep their names; only
+// creation checks this.
+func ValidateNewName(name string) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	if reservedNames[name] {
+		return fmt.Errorf("%w: VPS name %q is reserved (a login user or a kohakuriver ssh subcommand); choose another", ErrInvalid, name)
+	}
+	return nil
+}
+
 // ValidateLoginUser checks a login user name inside a VPS (POSIX-ish, as
 // useradd accepts by default).
 func ValidateLoginUser(u string) error {

@@ -102,6 +102,19 @@ func TestNames(t *testing.T) {
 			t.Errorf("ValidateName(%q) = %v, want ok=%v", tt.name, err, tt.ok)
 		}
 	}
+	// New VPSs: the same rules, and the reserved names; stored records
+	// keep theirs (ValidateName still accepts them).
+	for _, tt := range []struct {
+		name string
+		ok   bool
+	}{{"web", true}, {"root", false}, {"config", false}, {"connect", false}, {"roots", true}, {"Web", false}} {
+		if err := ValidateNewName(tt.name); (err == nil) != tt.ok {
+			t.Errorf("ValidateNewName(%q) = %v, want ok=%v", tt.name, err, tt.ok)
+		}
+		if !tt.ok && tt.name != "Web" && ValidateName(tt.name) != nil {
+			t.Errorf("ValidateName(%q) refuses a reserved name: stored records would not load", tt.name)
+		}
+	}
 	for _, tt := range []struct {
 		user string
 		ok   bool

@@ -124,7 +124,7 @@ func (srv *Server) validateCreate(req CreateVPSRequest) (store.VPS, error) {
 	v := store.VPS{Name: req.Name, Image: req.Image, Cores: req.Cores, MemoryMB: req.MemoryMB,
 		LoginUser: req.LoginUser, KeyMode: req.KeyMode}
 	if v.Name != "" {
-		if err := store.ValidateName(v.Name); err != nil {
+		if err := store.ValidateNewName(v.Name); err != nil {
 			return v, invalid(err, "")
 		}
 	}

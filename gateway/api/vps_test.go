@@ -79,6 +79,7 @@ var createCases = []struct {
 	{"two keys on a line", `{"key_mode":"upload","public_keys":["KEY\nKEY"]}`, 400, "one public key per line"},
 	{"bad name", `{"name":"Box!","key_mode":"none"}`, 400, "VPS name"},
 	{"all digit name", `{"name":"123","key_mode":"none"}`, 400, "task id"},
+	{"reserved name", `{"name":"root","key_mode":"none"}`, 400, `VPS name "root" is reserved`},
 	{"bad login user", `{"login_user":"Root","key_mode":"none"}`, 400, "login user"},
 	{"unknown field", `{"key_mode":"none","ssh":true}`, 400, `unknown field "ssh"`},
 	{"none with keys", `{"key_mode":"none","public_keys":["KEY"]}`, 400, "takes no public_keys"},
