@@ -101,6 +101,10 @@ func sshConfig(env *Env, cl *Cluster, list []store.VPS, known string) string {
 		fmt.Fprintf(&b, "    UserKnownHostsFile %s\n", sshConfigQuote(known))
 		fmt.Fprintf(&b, "    HostKeyAlias %s\n", gatewayAlias)
 		fmt.Fprintf(&b, "    StrictHostKeyChecking yes\n")
+		// The gateway is reached directly: a ProxyCommand or ProxyJump
+		// under "Host *" later in the user's config must not apply (the
+		// first value ssh reads wins, and this one also stops ProxyJump).
+		fmt.Fprintf(&b, "    ProxyCommand none\n")
 	}
 	return b.String()
 }

@@ -36,7 +36,7 @@ func TestSSHConfig(t *testing.T) {
 	known := filepath.Join(u.home, ".kohakuriver", "known_hosts")
 	common := []string{
 		"HostName 127.0.0.1", "Port " + itoa(th.sshPort), "UserKnownHostsFile " + known,
-		"HostKeyAlias kohakuriver-gateway", "StrictHostKeyChecking yes",
+		"HostKeyAlias kohakuriver-gateway", "StrictHostKeyChecking yes", "ProxyCommand none",
 	}
 	check := func(t *testing.T, cfg string) {
 		t.Helper()

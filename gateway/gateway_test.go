@@ -171,7 +171,7 @@ func TestStoppedVPSExplains(t *testing.T) {
 	v, _ := g.addVPS(t, "sleepy", 0, key)
 	g.dir.update(v.TaskID, func(v *store.VPS) { v.Status = store.StatusStopped })
 	_, errOut, code := runSSH(t, nil, g.sshArgs(key, g.port(), "sleepy@127.0.0.1", "true")...)
-	if code != 255 || !strings.Contains(errOut, "VPS sleepy is stopped") || !strings.Contains(errOut, "kohakuriver vps restart sleepy") {
+	if code != 255 || !strings.Contains(errOut, "VPS sleepy is stopped") || !strings.Contains(errOut, "kohakuriver vps start sleepy") {
 		t.Fatalf("status %d stderr %q; want 255 and the stopped message", code, errOut)
 	}
 }

@@ -202,7 +202,7 @@ func (s *Server) dialVPS(ctx context.Context, v store.VPS) (store.VPS, []gossh.P
 	switch v.Status {
 	case store.StatusRunning:
 	case store.StatusStopped:
-		return v, nil, nil, userErrorf(nil, "VPS %s is stopped; start it with `kohakuriver vps restart %s`", ref, ref)
+		return v, nil, nil, userErrorf(nil, "VPS %s is stopped; start it with `kohakuriver vps start %s`", ref, ref)
 	case store.StatusPending:
 		return v, nil, nil, userErrorf(nil, "VPS %s is still starting; try again in a few seconds (`kohakuriver vps status %s`)", ref, ref)
 	case store.StatusLost:
