@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -47,6 +49,7 @@ type HostFlags struct {
 	DataDir    string        `name:"data-dir" default:".kohakuriver" env:"KOHAKURIVER_DATA_DIR" help:"Directory for the state database and token files."`
 	APIAddr    string        `name:"api-addr" default:":8000" env:"HOST_API_ADDR" help:"HTTP API listen address."`
 	SSHAddr    string        `name:"ssh-addr" default:":8002" env:"HOST_SSH_PROXY_ADDR" help:"SSH gateway listen address."`
+	SSHPort    int           `name:"gateway-port" env:"HOST_SSH_PROXY_PORT" help:"SSH gateway port: replaces the port of --ssh-addr."`
 	PortHost   string        `name:"vps-port-host" default:"" help:"Bind address of the per-VPS SSH ports (default: all interfaces)."`
 	PortMin    int           `name:"vps-port-min" default:"9000" help:"First per-VPS SSH port."`
 	PortMax    int           `name:"vps-port-max" default:"9999" help:"Last per-VPS SSH port."`
@@ -60,15 +63,35 @@ type HostFlags struct {
 }
 
 func (f HostFlags) config(log *slog.Logger) (host.Config, func(), error) {
+	sshAddr, err := f.sshAddr()
+	if err != nil {
+		return host.Config{}, nil, err
+	}
 	audit, closeAudit, err := openAuditLog(f.AuditLog, f.DataDir)
 	if err != nil {
 		return host.Config{}, nil, err
 	}
 	return host.Config{
-		DataDir: f.DataDir, APIAddr: f.APIAddr, SSHAddr: f.SSHAddr, PortHost: f.PortHost,
+		DataDir: f.DataDir, APIAddr: f.APIAddr, SSHAddr: sshAddr, PortHost: f.PortHost,
 		PortMin: f.PortMin, PortMax: f.PortMax, PublicHost: f.PublicHost, DefaultImage: f.Image, Logger: log,
 		AdminAddr: f.AdminAddr, AuditLog: audit, RecordSessions: f.Record,
 	}, closeAudit, nil
+}
+
+// sshAddr is --ssh-addr with the port of --gateway-port (HOST_SSH_PROXY_PORT),
+// when that is set.
+func (f HostFlags) sshAddr() (string, error) {
+	if f.SSHPort == 0 {
+		return f.SSHAddr, nil
+	}
+	if f.SSHPort < 1 || f.SSHPort > 65535 {
+		return "", fmt.Errorf("--gateway-port (HOST_SSH_PROXY_PORT) %d: give a port from 1 to 65535", f.SSHPort)
+	}
+	h, _, err := net.SplitHostPort(f.SSHAddr)
+	if err != nil {
+		return "", fmt.Errorf("--ssh-addr (HOST_SSH_PROXY_ADDR) %q: %v; give HOST:PORT or :PORT", f.SSHAddr, err)
+	}
+	return net.JoinHostPort(h, strconv.Itoa(f.SSHPort)), nil
 }
 
 // openAuditLog opens the audit log for appending (0600: it names users and

@@ -144,6 +144,10 @@ type Cluster struct {
 	Host string
 	// APIPort and SSHPort are the API's and the gateway's main port.
 	APIPort, SSHPort int
+	// sshPortGuessed: no flag, environment or auth.json named the SSH
+	// port, so SSHPort is the default, and the port the host reports
+	// (pinGateway) replaces it.
+	sshPortGuessed bool
 }
 
 // BaseURL is the API's base URL.
@@ -179,7 +183,7 @@ func (g *Globals) cluster(env *Env, hc *http.Client, token string) (*Cluster, er
 		c.SSHPort = af.SSHPort
 	}
 	if c.SSHPort == 0 {
-		c.SSHPort = defaultSSHPort
+		c.SSHPort, c.sshPortGuessed = defaultSSHPort, true
 	}
 	if token == "" {
 		token = strings.TrimSpace(env.Getenv("KOHAKURIVER_TOKEN"))

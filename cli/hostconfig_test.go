@@ -46,3 +46,32 @@ func TestLoadHostConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestHostSSHPort: --gateway-port (HOST_SSH_PROXY_PORT) replaces the port of
+// --ssh-addr and keeps its host; bad values say what to give.
+func TestHostSSHPort(t *testing.T) {
+	for _, tt := range []struct {
+		addr    string
+		port    int
+		want    string
+		wantErr string
+	}{
+		{addr: ":8002", want: ":8002"},
+		{addr: ":8002", port: 2222, want: ":2222"},
+		{addr: "127.0.0.1:8002", port: 2222, want: "127.0.0.1:2222"},
+		{addr: "[::1]:8002", port: 2222, want: "[::1]:2222"},
+		{addr: ":8002", port: 70000, wantErr: "give a port from 1 to 65535"},
+		{addr: "no-port", port: 2222, wantErr: "give HOST:PORT or :PORT"},
+	} {
+		got, err := HostFlags{SSHAddr: tt.addr, SSHPort: tt.port}.sshAddr()
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("%q + %d: err %v, want %q", tt.addr, tt.port, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("%q + %d = %q, %v; want %q", tt.addr, tt.port, got, err, tt.want)
+		}
+	}
+}

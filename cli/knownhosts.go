@@ -22,6 +22,8 @@ const gatewayAlias = "kohakuriver-gateway"
 // pinGateway fetches the gateway's host keys over the authenticated API and
 // rewrites ~/.kohakuriver/known_hosts (0600) with them, under
 // "[HOST]:SSHPORT" and under gatewayAlias. It returns the file's path.
+// When the user named no SSH port, cl.SSHPort becomes the one the host
+// reports (a gateway moved off 8002 with HOST_SSH_PROXY_PORT).
 //
 // The file holds one cluster's keys: logging in to another host and
 // connecting rewrites it.
@@ -40,6 +42,9 @@ func pinGateway(ctx context.Context, env *Env, cl *Cluster) (string, error) {
 	}
 	if len(keys) == 0 {
 		return "", fmt.Errorf("the host reported no gateway host keys; check the host's log")
+	}
+	if cl.sshPortGuessed && info.SSHPort > 0 && info.SSHPort < 65536 {
+		cl.SSHPort = info.SSHPort
 	}
 	hostPort := knownhosts.Normalize(net.JoinHostPort(cl.Host, strconv.Itoa(cl.SSHPort)))
 	var b strings.Builder

@@ -55,6 +55,9 @@ func (c *LoginCmd) Run(ctx context.Context, env *Env, g *Globals, hc *http.Clien
 		}
 	}
 	af := authFile{Token: token, Host: cl.Host, Port: cl.APIPort, SSHPort: cl.SSHPort}
+	if cl.sshPortGuessed {
+		af.SSHPort = 0 // not named: the host's report decides at each use
+	}
 	b, err := json.MarshalIndent(af, "", "  ")
 	if err != nil {
 		return err

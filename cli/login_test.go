@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kohakuriver/kohakuriver/store"
 )
 
 func TestLogin(t *testing.T) {
@@ -112,4 +114,30 @@ func TestTokenSources(t *testing.T) {
 			t.Fatal(r)
 		}
 	})
+}
+
+// TestSSHPortFromHost: when no flag, variable or auth.json names the
+// gateway's port, the CLI uses the one the host reports (this test host
+// listens on a random port, not 8002), and login does not save a guess.
+func TestSSHPortFromHost(t *testing.T) {
+	t.Parallel()
+	th := startHost(t)
+	th.addVPS(t, store.VPS{Name: "web"})
+	u := newUser(t)
+	if r := u.run("-H", "127.0.0.1", "-P", itoa(th.apiPort), "login", "--token", th.adminToken); r.code != 0 {
+		t.Fatal(r)
+	}
+	var af authFile
+	b, _ := os.ReadFile(filepath.Join(u.home, ".kohakuriver", "auth.json"))
+	if err := json.Unmarshal(b, &af); err != nil || af.SSHPort != 0 {
+		t.Fatalf("auth.json = %s (%v): no ssh_port was given, none may be saved", b, err)
+	}
+	r := u.run("ssh", "config")
+	if r.code != 0 || !strings.Contains(r.stdout, "    Port "+itoa(th.sshPort)+"\n") {
+		t.Fatalf("want Port %d (the host's report) in:\n%s", th.sshPort, r)
+	}
+	known, _ := os.ReadFile(filepath.Join(u.home, ".kohakuriver", "known_hosts"))
+	if !strings.Contains(string(known), "[127.0.0.1]:"+itoa(th.sshPort)+" ") {
+		t.Fatalf("known_hosts pins another port:\n%s", known)
+	}
 }

@@ -150,6 +150,11 @@ func NewServer(cfg Config) (*Server, error) {
 	return srv, nil
 }
 
+// SetGatewaySSHPort sets the port GET /api/v1/gateway reports, for a
+// gateway that learns its port only when it binds (":0"). Call it before
+// the server handles requests: handlers read the port without a lock.
+func (srv *Server) SetGatewaySSHPort(port int) { srv.gateway.SSHPort = port }
+
 // ServeHTTP implements http.Handler.
 func (srv *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	srv.handler.ServeHTTP(w, r)

@@ -189,10 +189,6 @@ func (h *Host) build() error {
 	if h.gw, err = gateway.New(gcfg); err != nil {
 		return err
 	}
-	sshPort := 8002
-	if _, p, err := net.SplitHostPort(h.cfg.SSHAddr); err == nil {
-		fmt.Sscan(p, &sshPort)
-	}
 	h.api, err = api.NewServer(api.Config{
 		Store:             h.store,
 		Agents:            control.NewClient(id.ClusterToken),
@@ -200,7 +196,6 @@ func (h *Host) build() error {
 		CertAuthorityLine: gateway.CertAuthorityLine(userCA.PublicKey()),
 		HopKeyLine:        hopKeys.AuthorizedKeyLine,
 		GatewayHostKeys:   hostKeyLines,
-		GatewaySSHPort:    sshPort,
 		PublicHost:        h.cfg.PublicHost,
 		DefaultImage:      h.cfg.DefaultImage,
 		Logger:            h.log.With("component", "api"),
@@ -236,6 +231,10 @@ func (h *Host) Start() error {
 	if err := h.gw.Listen(); err != nil {
 		ln.Close()
 		return err
+	}
+	// What clients are told to dial: the port bound, also for ":0".
+	if a, ok := h.gw.Addr().(*net.TCPAddr); ok {
+		h.api.SetGatewaySSHPort(a.Port)
 	}
 	var adminLn net.Listener
 	if h.cfg.AdminAddr != "" {
