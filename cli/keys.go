@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -145,8 +146,19 @@ func (f KeyFlags) generate(env *Env, name string) (keyPlan, error) {
 // finishGenerated moves a pair made under a temporary name to
 // ~/.ssh/kohakuriver_<taskID> and returns the private key's path. If that
 // name is taken the key keeps its temporary name.
+//
+// A pair saved at --key-out-file stays there, and
+// ~/.ssh/kohakuriver_<taskID> becomes a symbolic link to it, so that
+// kohakuriver ssh and ssh config find it as they find any generated key.
+// The link is only a convenience: if it cannot be made, the create output
+// still names the key (--key).
 func (p keyPlan) finishGenerated(env *Env, taskID string) (string, error) {
 	if !p.Temp {
+		if link := generatedKeyPath(env, taskID); link != p.GenPath && !fileExists(link) {
+			if os.MkdirAll(filepath.Dir(link), 0o700) == nil {
+				_ = os.Symlink(p.GenPath, link)
+			}
+		}
 		return p.GenPath, nil
 	}
 	final := generatedKeyPath(env, taskID)

@@ -189,6 +189,13 @@ func TestCreateKeyModes(t *testing.T) {
 			if strings.HasPrefix(tc.gen, "keys/") && !strings.Contains(r.stdout, "kohakuriver ssh "+testTaskID+" --key "+priv) {
 				t.Errorf("kohakuriver ssh line lacks --key:\n%s", r.stdout)
 			}
+			if strings.HasPrefix(tc.gen, "keys/") {
+				// Where kohakuriver ssh and ssh config look for the key.
+				link := filepath.Join(u.home, ".ssh", "kohakuriver_"+testTaskID)
+				if target, err := os.Readlink(link); err != nil || target != priv {
+					t.Errorf("%s: link to %q, %v; want a link to %s", link, target, err, priv)
+				}
+			}
 			if left, _ := filepath.Glob(filepath.Join(u.home, ".ssh", "kohakuriver_new_*")); len(left) != 0 {
 				t.Errorf("temporary key files left: %v", left)
 			}
