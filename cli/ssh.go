@@ -19,7 +19,7 @@ type SSHCmd struct {
 	Key       string   `placeholder:"PATH" predictor:"file" help:"Private key to log in with (default: ~/.ssh/kohakuriver_<task_id> if it exists, else ssh's own keys and agent)."`
 	User      string   `placeholder:"USER" help:"User inside the VPS (default: the VPS's login user, root unless set at create)."`
 	ProxyPort int      `name:"proxy-port" placeholder:"PORT" help:"The gateway's SSH port (default: --ssh-port, 8002)."`
-	LocalPort int      `name:"local-port" placeholder:"N" help:"Instead of connecting, forward 127.0.0.1:N to the VPS through the gateway until Ctrl-C, for any ssh client: ssh -p N root@127.0.0.1."`
+	LocalPort int      `name:"local-port" placeholder:"N" help:"Instead of connecting, forward 127.0.0.1:N to the VPS through the gateway until Ctrl-C, for any ssh client: ssh -p N root@127.0.0.1 (to the VPS's own port; with --proxy-port to that port, and the user name is root@TASK)."`
 	Args      []string `arg:"" optional:"" passthrough:"" name:"ssh-args" help:"After --: more ssh options, then the remote command."`
 }
 
@@ -67,7 +67,8 @@ func (c *SSHCmd) Run(ctx context.Context, env *Env, cl *Cluster) error {
 		return fmt.Errorf("--user: %s", userMessage(err))
 	}
 	if c.LocalPort != 0 {
-		return serveLocal(ctx, env, cl, v, c.LocalPort, user, known, key)
+		port, sshUser := c.localTarget(cl, v, user)
+		return serveLocal(ctx, env, cl, v, c.LocalPort, port, sshUser, known, key)
 	}
 	return runSSH(env, c.sshArgs(cl, v, user, known, key))
 }
@@ -105,14 +106,32 @@ func (c *SSHCmd) keyFile(env *Env, v store.VPS) (string, error) {
 	return "", nil
 }
 
+// localTarget is where --local-port forwards to, and the user name ssh
+// then gives. By default that is the VPS's own port, where the user name
+// is just the login user (what IDEs and other clients expect). With
+// --proxy-port, or for a VPS without a port of its own, it is the
+// gateway's main port, which a network may let through alone, and the
+// user name routes: LOGIN@TASK.
+func (c *SSHCmd) localTarget(cl *Cluster, v store.VPS, user string) (int, string) {
+	if c.ProxyPort == 0 && v.SSHPort != 0 {
+		return v.SSHPort, user
+	}
+	return c.gatewayPort(cl), user + "@" + v.TaskID
+}
+
+// gatewayPort is --proxy-port, else the cluster's gateway port.
+func (c *SSHCmd) gatewayPort(cl *Cluster) int {
+	if c.ProxyPort != 0 {
+		return c.ProxyPort
+	}
+	return cl.SSHPort
+}
+
 // sshArgs builds ssh's arguments: options, destination, then the
 // passthrough arguments (more options are still parsed by ssh after the
 // destination, up to the remote command).
 func (c *SSHCmd) sshArgs(cl *Cluster, v store.VPS, user, known, key string) []string {
-	port := c.ProxyPort
-	if port == 0 {
-		port = cl.SSHPort
-	}
+	port := c.gatewayPort(cl)
 	var args []string
 	if key != "" {
 		// Only this key: an agent with many keys would otherwise use up

@@ -18,17 +18,18 @@ import (
 const forwardDialTimeout = 15 * time.Second
 
 // serveLocal is kohakuriver ssh --local-port: a plain TCP forward from
-// 127.0.0.1:port to the VPS's own gateway port (port routing), until ctx
-// ends (Ctrl-C). The SSH session runs end to end between the user's client
-// and the gateway, so the host key seen is the gateway's; the printed ssh
-// line pins it with the same known_hosts file and alias as kohakuriver ssh.
-func serveLocal(ctx context.Context, env *Env, cl *Cluster, v store.VPS, port int, user, known, key string) error {
+// 127.0.0.1:port to the gateway's targetPort (see SSHCmd.localTarget),
+// until ctx ends (Ctrl-C). The SSH session runs end to end between the
+// user's client and the gateway, so the host key seen is the gateway's;
+// the printed ssh line, with user, pins it with the same known_hosts file
+// and alias as kohakuriver ssh.
+func serveLocal(ctx context.Context, env *Env, cl *Cluster, v store.VPS, port, targetPort int, user, known, key string) error {
 	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 	if err != nil {
 		return fmt.Errorf("--local-port %d: %w (choose another port)", port, err)
 	}
 	local := ln.Addr().(*net.TCPAddr).Port
-	target := net.JoinHostPort(cl.Host, strconv.Itoa(v.SSHPort))
+	target := net.JoinHostPort(cl.Host, strconv.Itoa(targetPort))
 	line := []string{"ssh"}
 	if key != "" {
 		line = append(line, "-i", shellQuote(key))

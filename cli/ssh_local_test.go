@@ -99,6 +99,20 @@ func TestSSHLocalPortReachesGateway(t *testing.T) {
 	t.Parallel()
 	th := startHost(t)
 	v := th.addVPS(t, store.VPS{Name: "web"})
+	for _, tc := range []struct {
+		name      string
+		args      []string
+		target    string // the gateway address the forward goes to
+		sshTarget string // user@host in the printed ssh line
+	}{
+		{"the VPS's own port", nil, "127.0.0.1:" + itoa(v.SSHPort), "root@127.0.0.1"},
+		{"--proxy-port", []string{"--proxy-port", itoa(th.sshPort)}, "127.0.0.1:" + itoa(th.sshPort), "root@" + v.TaskID + "@127.0.0.1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testLocalPort(t, th, v, tc.args, tc.target, tc.sshTarget) })
+	}
+}
+
+func testLocalPort(t *testing.T, th *testHost, v store.VPS, extra []string, target, sshTarget string) {
 	deadline := time.Now().Add(10 * time.Second)
 	for !th.h.Gateway().PortListening(v.SSHPort) {
 		if time.Now().After(deadline) {
@@ -114,14 +128,17 @@ func TestSSHLocalPortReachesGateway(t *testing.T) {
 	u.ssh = fakeSSH(t, 99) // must not run
 	free := freePort(t)
 	go func() {
-		done <- run(ctx, []string{"ssh", "web", "--local-port", itoa(free)}, u.envFor(&stdout, &stderr))
+		done <- run(ctx, append([]string{"ssh", "web", "--local-port", itoa(free)}, extra...), u.envFor(&stdout, &stderr))
 	}()
 
 	port := waitForMatch(t, &stdout, regexp.MustCompile(`Forwarding 127\.0\.0\.1:(\d+) to VPS web`), done)
 	if port != itoa(free) {
 		t.Fatalf("forwarding port %s, asked for %d", port, free)
 	}
-	if !strings.Contains(stdout.String(), "-p "+port+" root@127.0.0.1") ||
+	if !strings.Contains(stdout.String(), "(gateway port "+target+")") {
+		t.Fatalf("forwarding to another port than %s:\n%s", target, stdout.String())
+	}
+	if !strings.Contains(stdout.String(), "-p "+port+" "+sshTarget+"\n") ||
 		!strings.Contains(stdout.String(), "HostKeyAlias=kohakuriver-gateway") {
 		t.Fatalf("no usable ssh line:\n%s", stdout.String())
 	}
