@@ -50,6 +50,7 @@ var (
 
 	metaSchemaVersion = []byte("schema_version")
 	metaIdentity      = []byte("identity")
+	metaLastPort      = []byte("last_port")
 )
 
 // Options configures Open. A nil *Options means all defaults.

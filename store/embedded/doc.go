@@ -39,14 +39,17 @@
 //
 // # Ports
 //
-// CreateVPS allocates the lowest port of [Options.PortMin, Options.PortMax]
-// that has no vps_by_port entry, walking that index with a cursor from
-// PortMin (keys sort by port), inside the transaction that writes the
-// record. The cost grows with the number of allocated ports below the first
-// gap, never with the size of the records. A port stays with its VPS until
-// DeleteVPS removes the index entry; the next CreateVPS may then reuse it.
-// VPSs keep their ports if the range is changed between runs: ports outside
-// the range are simply not handed out again.
+// CreateVPS allocates the first port of [Options.PortMin, Options.PortMax]
+// after the one it handed out last (meta's last_port) that has no
+// vps_by_port entry, wrapping around at PortMax, walking that index with a
+// cursor (keys sort by port) inside the transaction that writes the record
+// and last_port. The cost grows with the number of allocated ports after
+// the start before the first gap, never with the size of the records. A
+// port stays with its VPS until DeleteVPS removes the index entry; it is
+// handed out again only once the allocation has gone round the range, so
+// that connections meant for a deleted VPS do not reach the next one. VPSs
+// keep their ports if the range is changed between runs: ports outside the
+// range are simply not handed out again.
 //
 // # Watch
 //

@@ -13,6 +13,8 @@ import (
 //
 //	schema_version  decimal schemaVersion, written by the first Open
 //	identity        store.Identity JSON, written once by Identity
+//	last_port       decimal SSH port CreateVPS handed out last (allocPort
+//	                starts after it); absent before the first CreateVPS
 
 // Identity implements store.Store. generate runs outside any transaction
 // and only while no identity is stored; concurrent callers wait for the

@@ -34,11 +34,15 @@ func TestPortAllocation(t *testing.T) {
 		delete []int
 		want   []int // ports handed out by successive creates, 0 = ErrNoFreePort
 	}{
-		{"lowest first", nil, []int{20000, 20001, 20002, 20003, 20004}},
+		{"in order", nil, []int{20000, 20001, 20002, 20003, 20004}},
 		{"exhausted", nil, []int{0, 0}},
 		{"reuse freed port", []int{20002}, []int{20002, 0}},
-		{"lowest freed first", []int{20003, 20000}, []int{20000, 20003, 0}},
+		// After the port handed out last, then round from the bottom: a
+		// freed port is not the next one while others wait their turn.
+		{"after the last one, then wrap", []int{20003, 20000}, []int{20003, 20000, 0}},
 		{"top of range", []int{20004}, []int{20004}},
+		{"wrap from the top", []int{20001}, []int{20001}},
+		{"higher before lower", []int{20000, 20003}, []int{20003, 20000, 0}},
 	}
 	for _, s := range steps {
 		t.Run(s.name, func(t *testing.T) {
@@ -136,13 +140,15 @@ func TestAllocPortManyAllocated(t *testing.T) {
 			db := openTestDB(t, &Options{PortMin: 20000, PortMax: portMax})
 			fillPorts(t, db, 20000, 10000, tt.skip)
 			var got int
-			err := db.bdb.View(func(tx *bolt.Tx) error {
-				var err error
-				got, err = db.allocPort(tx.Bucket(bucketVPSByPort))
-				return err
-			})
-			if !errors.Is(err, tt.wantErr) || got != tt.want {
-				t.Errorf("allocPort = %d, %v; want %d, %v", got, err, tt.want, tt.wantErr)
+			var ok bool
+			if err := db.bdb.View(func(tx *bolt.Tx) error {
+				got, ok = firstFreePort(tx.Bucket(bucketVPSByPort), db.portMin, db.portMax)
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if ok != (tt.wantErr == nil) || (ok && got != tt.want) {
+				t.Errorf("firstFreePort = %d, %v; want %d, free %v", got, ok, tt.want, tt.wantErr == nil)
 			}
 			// Leave the file consistent for the cleanup check.
 			if err := db.bdb.Update(func(tx *bolt.Tx) error {
@@ -169,8 +175,10 @@ func BenchmarkAllocPort10k(b *testing.B) {
 	fillPorts(b, db, 20000, 10000, 0)
 	for b.Loop() {
 		err := db.bdb.View(func(tx *bolt.Tx) error {
-			_, err := db.allocPort(tx.Bucket(bucketVPSByPort))
-			return err
+			if _, ok := firstFreePort(tx.Bucket(bucketVPSByPort), db.portMin, db.portMax); !ok {
+				return store.ErrNoFreePort
+			}
+			return nil
 		})
 		if err != nil {
 			b.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 
 	bolt "go.etcd.io/bbolt"
@@ -45,7 +46,7 @@ func (db *DB) CreateVPS(ctx context.Context, v store.VPS) (store.VPS, error) {
 		if b.vps.Get([]byte(v.TaskID)) != nil {
 			return fmt.Errorf("task id %s: %w", v.TaskID, store.ErrExists)
 		}
-		port, err := db.allocPort(b.byPort)
+		port, err := db.allocPort(b.byPort, tx.Bucket(bucketMeta))
 		if err != nil {
 			return err
 		}
@@ -141,13 +142,37 @@ func validateKeys(keys, oldKeys []store.AuthorizedKey) ([]store.AuthorizedKey, e
 	return out, nil
 }
 
-// allocPort returns the lowest port of [portMin, portMax] without a
-// vps_by_port entry. Keys sort by port, so it walks the entries from portMin
-// until the first gap: no record is read.
-func (db *DB) allocPort(byPort *bolt.Bucket) (int, error) {
-	want := db.portMin
+// allocPort returns the first port without a vps_by_port entry after the
+// one handed out last (meta's last_port), wrapping from portMax to portMin:
+// a freed port goes back into use only after the rest of the range has
+// been, so an old `ssh -p PORT` or ssh config entry does not reach a newer
+// VPS that took the port straight away. It records the port it returns;
+// the caller's transaction writes both or neither.
+func (db *DB) allocPort(byPort, meta *bolt.Bucket) (int, error) {
+	start := db.portMin
+	if last, err := strconv.Atoi(string(meta.Get(metaLastPort))); err == nil && last >= db.portMin && last < db.portMax {
+		start = last + 1
+	}
+	port, ok := firstFreePort(byPort, start, db.portMax)
+	if !ok && start > db.portMin {
+		port, ok = firstFreePort(byPort, db.portMin, start-1)
+	}
+	if !ok {
+		return 0, fmt.Errorf("%w in %d-%d", store.ErrNoFreePort, db.portMin, db.portMax)
+	}
+	if err := meta.Put(metaLastPort, []byte(strconv.Itoa(port))); err != nil {
+		return 0, err
+	}
+	return port, nil
+}
+
+// firstFreePort returns the lowest port of [from, to] without a vps_by_port
+// entry. Keys sort by port, so it walks the entries from from until the
+// first gap: no record is read.
+func firstFreePort(byPort *bolt.Bucket, from, to int) (int, bool) {
+	want := from
 	c := byPort.Cursor()
-	for k, _ := c.Seek(portKey(want)); k != nil && want <= db.portMax; k, _ = c.Next() {
+	for k, _ := c.Seek(portKey(want)); k != nil && want <= to; k, _ = c.Next() {
 		p, ok := keyPort(k)
 		if !ok || p < want {
 			continue // not a port key; checkIndexes in the tests rules this out
@@ -157,10 +182,7 @@ func (db *DB) allocPort(byPort *bolt.Bucket) (int, error) {
 		}
 		want++
 	}
-	if want > db.portMax {
-		return 0, fmt.Errorf("%w in %d-%d", store.ErrNoFreePort, db.portMin, db.portMax)
-	}
-	return want, nil
+	return want, want <= to
 }
 
 // putVPS writes v and moves its index entries from old's (nil on create).
