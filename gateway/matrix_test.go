@@ -64,6 +64,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		}
 		out, err := sess.Output("echo $SSH_CONNECTION")
 		if err != nil {
+			t.Logf("%s to %s: admitted, then: %v", user, addr, err)
 			return -2
 		}
 		f := strings.Fields(string(out))
