@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"strconv"
@@ -62,9 +63,11 @@ func TestAuthorizationMatrix(t *testing.T) {
 		if err != nil {
 			t.Fatalf("session: %v", err)
 		}
+		var stderr bytes.Buffer
+		sess.Stderr = &stderr
 		out, err := sess.Output("echo $SSH_CONNECTION")
 		if err != nil {
-			t.Logf("%s to %s: admitted, then: %v", user, addr, err)
+			t.Logf("%s to %s: admitted, then: %v; stderr %q", user, addr, err, stderr.String())
 			return -2
 		}
 		f := strings.Fields(string(out))
