@@ -114,6 +114,7 @@ func newBridge(down gossh.Channel, downReqs <-chan *gossh.Request, up gossh.Chan
 	wake := make(chan struct{}, 1)
 	a, b := newHalf(down, downReqs, up, *toVPS, wake), newHalf(up, upReqs, down, *toClient, wake)
 	a.onSessionStart = b.sessionStarted
+	a.peer, b.peer = b, a
 	return &bridgeLoop{a, b, wake}
 }
 
@@ -172,6 +173,12 @@ type half struct {
 	closing        bool // dst's CLOSE was queued
 	// closed is set by out's goroutine once dst has been closed.
 	closed atomic.Bool
+	// repliesOwed counts src's requests that want a reply and have not
+	// had it yet (taken on the loop, answered on out's goroutine). The
+	// other half sends CLOSE toward src only once it is zero: see settle.
+	repliesOwed atomic.Int32
+	// peer is the other direction of the pair.
+	peer *half
 }
 
 // newHalf starts the copies of src's data to dst (once started, see
@@ -223,11 +230,13 @@ func (h *half) markStarted() {
 	}
 }
 
-// poll takes note of what the copies signalled.
+// poll takes note of what the copies and the queues signalled.
 func (h *half) poll() {
 	if h.dataOpen && h.copiesLeft.Load() == 0 {
 		h.dataEnded()
+		return
 	}
+	h.settle()
 }
 
 // sessionStarted is onSessionStart of the other direction: a session that
@@ -261,6 +270,9 @@ func (h *half) dataEnded() {
 
 func (h *half) queueRequest(req *gossh.Request) {
 	h.exited = h.exited || req.Type == "exit-status" || req.Type == "exit-signal"
+	if req.WantReply {
+		h.repliesOwed.Add(1)
+	}
 	h.out.push(func() { h.forward(req) })
 }
 
@@ -270,13 +282,19 @@ func (h *half) queueRequest(req *gossh.Request) {
 // x/crypto confirms that CLOSE by itself, and an exit-status still on its
 // way from the VPS would then be lost. sshd may send EOF before
 // exit-status, but never CLOSE before it. CLOSE goes last, once src has
-// closed and its data has all been copied.
+// closed and its data has all been copied, and once dst has been answered
+// every request it sent that wants a reply (the peer's repliesOwed): the
+// reply to a client's exec and the VPS's CLOSE after the command ran go
+// out on different goroutines, and a client that sees CLOSE first fails
+// the request (x/crypto returns EOF) although the command ran. The peer's
+// answers do not wait long: src has closed, so a request still waiting on
+// it gets its end at once.
 func (h *half) settle() {
 	if h.eofDue && (!h.t.eofAfterExit || h.exited || h.reqs == nil) {
 		h.eofDue = false
 		h.out.push(h.sendEOF)
 	}
-	if h.reqs == nil && !h.dataOpen && !h.closing {
+	if h.reqs == nil && !h.dataOpen && !h.closing && h.peer.repliesOwed.Load() == 0 {
 		h.closing = true
 		h.out.push(h.close)
 	}
@@ -293,6 +311,7 @@ func (h *half) forward(req *gossh.Request) {
 	}
 	if req.WantReply {
 		_ = req.Reply(ok, nil)
+		h.repliesOwed.Add(-1) // the queue wakes the loop when this returns
 	}
 	switch req.Type {
 	case "pty-req":

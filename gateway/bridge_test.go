@@ -433,3 +433,78 @@ func randomText(t *testing.T, n int) string {
 	}
 	return string(b)
 }
+
+// replyAfterClientClose is the gateway's end of a VPS channel whose exec
+// reply comes back late: after the client has seen the channel close, or
+// after a second if it never does. It makes the race between the reply to
+// the client's exec and the VPS's CLOSE after the command ran go the bad
+// way every time.
+type replyAfterClientClose struct {
+	gossh.Channel
+	clientClosed <-chan struct{}
+}
+
+func (c replyAfterClientClose) SendRequest(name string, wantReply bool, payload []byte) (bool, error) {
+	ok, err := c.Channel.SendRequest(name, wantReply, payload)
+	if name == "exec" {
+		select {
+		case <-c.clientClosed:
+		case <-time.After(time.Second):
+		}
+	}
+	return ok, err
+}
+
+// TestBridgeReplyBeforeClose: a command that runs and ends before the
+// gateway has passed the VPS's reply to exec on must not close the
+// client's channel first: the client's exec would fail (x/crypto: EOF)
+// although the command ran and its output and exit status arrived.
+func TestBridgeReplyBeforeClose(t *testing.T) {
+	client, gwDown := openTestChannel(t, "session")
+	gwUp, vps := openTestChannel(t, "session")
+	clientClosed := make(chan struct{})
+	exits := make(chan string, 4)
+	go func() {
+		defer close(clientClosed)
+		for req := range client.reqs {
+			if req.Type == "exit-status" && len(req.Payload) == 4 {
+				exits <- fmt.Sprint(req.Payload[3])
+			}
+			if req.WantReply {
+				_ = req.Reply(false, nil)
+			}
+		}
+	}()
+	go func() {
+		for req := range vps.reqs {
+			if req.Type != "exec" {
+				_ = req.Reply(false, nil)
+				continue
+			}
+			_ = req.Reply(true, nil)
+			_, _ = vps.ch.Write([]byte("ran\n"))
+			_, _ = vps.ch.SendRequest("exit-status", false, []byte{0, 0, 0, 0})
+			_ = vps.ch.CloseWrite()
+			_ = vps.ch.Close()
+		}
+	}()
+	toVPS, toClient := pairTaps(true)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		bridge(gwDown.ch, gwDown.reqs, replyAfterClientClose{gwUp.ch, clientClosed}, gwUp.reqs, &toVPS, &toClient)
+	}()
+
+	ok, err := client.ch.SendRequest("exec", true, gossh.Marshal(struct{ Command string }{"true"}))
+	if !ok || err != nil {
+		t.Fatalf("exec: ok %v, err %v; want the VPS's yes", ok, err)
+	}
+	if got := readAllWithin(t, "client stdout", client.ch); got != "ran\n" {
+		t.Fatalf("client stdout %q", got)
+	}
+	if got := within(t, "exit status", func() string { return <-exits }); got != "0" {
+		t.Fatalf("exit status %s", got)
+	}
+	_ = client.ch.Close()
+	within(t, "bridge to return", func() struct{} { <-done; return struct{}{} })
+}
