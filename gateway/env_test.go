@@ -377,7 +377,12 @@ func newTestGateway(t testing.TB, mutate func(*Config)) *testGateway {
 	if err := g.srv.Listen(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { g.srv.Close() })
+	t.Cleanup(func() {
+		g.srv.Close()
+		if t.Failed() {
+			t.Logf("gateway log:\n%s", logs.String())
+		}
+	})
 	var pubs []gossh.PublicKey
 	for _, h := range hostKeys {
 		pubs = append(pubs, h.PublicKey())
