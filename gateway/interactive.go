@@ -53,8 +53,14 @@ func (s *Server) keyboardInteractive(ctx gliderssh.Context, challenge gossh.Keyb
 	relay := func(name, instruction string, questions []string, echos []bool) ([]string, error) {
 		return challenge(printable(name), printable(instruction), questions, echos)
 	}
+	// Anyone may reach this prompt: on a VPS port, where the client named
+	// only the port, it names only the port.
+	where := "VPS " + v.Ref()
+	if r.kind == routePort {
+		where = fmt.Sprintf("the VPS on port %d", c.vpsPort)
+	}
 	password := func() (string, error) {
-		answers, err := challenge("", "", []string{fmt.Sprintf("Password for %s in VPS %s: ", r.login, v.Ref())}, []bool{false})
+		answers, err := challenge("", "", []string{fmt.Sprintf("Password for %s in %s: ", r.login, where)}, []bool{false})
 		if err != nil || len(answers) != 1 {
 			return "", errors.New("no password given")
 		}

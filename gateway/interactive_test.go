@@ -147,6 +147,42 @@ func TestKeylessVPSRelaysInteractiveAuth(t *testing.T) {
 	}
 }
 
+// TestKeylessPortPromptNamesOnlyThePort: the gateway's own password prompt
+// (for an sshd that takes passwords) on a keyless VPS's port names the
+// port, not the VPS: anyone who finds the port gets the prompt.
+func TestKeylessPortPromptNamesOnlyThePort(t *testing.T) {
+	g := newTestGateway(t, nil)
+	up := startPasswordSSHD(t, "opensesame", false)
+	port := freePort(t)
+	v := store.VPS{TaskID: store.NewTaskID(), Name: "secret-lab", Owner: "alice", Node: "node1", SSHPort: port,
+		Status: store.StatusRunning, LoginUser: "bob", KeyMode: store.KeyModeNone, HostKeys: []string{up.hostKey}}
+	g.hop.mu.Lock()
+	g.hop.addrs[v.TaskID] = up.addr
+	g.hop.mu.Unlock()
+	g.dir.put(v)
+	waitPortListening(t, g.srv, port)
+
+	prompts := filepath.Join(t.TempDir(), "prompts")
+	script := filepath.Join(t.TempDir(), "askpass")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\necho \"$1\" >> "+prompts+"\necho opensesame\n"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	args := interactiveArgs(g.sshArgs(newUserKey(t), port, "-o", "NumberOfPasswordPrompts=1",
+		"-o", "PreferredAuthentications=publickey,keyboard-interactive", "bob@127.0.0.1", "ignored"))
+	cmd := execSSH(args...)
+	cmd.Env = append(os.Environ(), "SSH_ASKPASS="+script, "SSH_ASKPASS_REQUIRE=force", "DISPLAY=:0")
+	var errb strings.Builder
+	cmd.Stderr = &errb
+	if out, err := cmd.Output(); err != nil || string(out) != "hello bob\n" {
+		t.Fatalf("login on the port: %v, stdout %q stderr %q", err, out, errb.String())
+	}
+	asked, _ := os.ReadFile(prompts)
+	want := fmt.Sprintf("Password for bob in the VPS on port %d", port)
+	if !strings.Contains(string(asked), want) || strings.Contains(string(asked), "secret-lab") || strings.Contains(string(asked), v.TaskID) {
+		t.Fatalf("prompts %q: want %q, and neither the VPS's name nor its task id", asked, want)
+	}
+}
+
 func TestKeyVPSNeverPromptsForPassword(t *testing.T) {
 	g := newTestGateway(t, nil)
 	key, stranger := newUserKey(t), newUserKey(t)
