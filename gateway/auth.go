@@ -52,6 +52,10 @@ func (s *Server) mayAuthenticate(ctx gliderssh.Context, key gliderssh.PublicKey)
 	return true
 }
 
+// errKeyOpensNone is wrapped in the refusal of a key route whose key opens
+// no running VPS.
+var errKeyOpensNone = errors.New("key opens no running VPS")
+
 // errSeveralVPSs is wrapped in the refusal of a key route whose key opens
 // more than one running VPS.
 var errSeveralVPSs = errors.New("key opens several running VPSs")
@@ -139,19 +143,20 @@ func (s *Server) resolve(ctx context.Context, vpsPort int, user string, key goss
 				return route{}, err
 			}
 			if errors.Is(err, errNoKeys) {
-				// The VPS's own authentication comes next. Not a key
-				// route: its owner's client may well offer a key that
-				// opens another of his VPSs first. (The name "root",
-				// everyone's key-route login, is reserved for this:
-				// store.ValidateNewName.)
+				// The VPS's own authentication comes next.
 				return route{}, err
 			}
-			// A bare word that names a VPS this key does not open is, for
-			// this key, a login user like any other: a VPS named like a
-			// login user must not take `ssh LOGIN@host` from everyone
-			// else, and a stranger must get the answer he would get if no
-			// VPS had that name.
-			return s.resolveKey(ctx, user, fp)
+			// A bare word that names a VPS this key does not open: refused,
+			// so that the client offers its next key (`ssh web@host` from
+			// an agent whose first key opens another VPS). To a key that
+			// opens no running VPS it is worded as for a word that names no
+			// VPS, so a stranger cannot tell which names exist. (Names that
+			// everyone uses as key-route logins are reserved:
+			// store.ValidateNewName.)
+			if _, kerr := s.resolveKey(ctx, user, fp); errors.Is(kerr, errKeyOpensNone) {
+				return route{}, kerr
+			}
+			return route{}, s.denyUnknown(t.Ref)
 		case !errors.Is(err, store.ErrNotFound):
 			return route{}, fmt.Errorf("look up vps %q: %w", t.Ref, err)
 		case t.Explicit || !t.MaybeLogin:
@@ -234,7 +239,7 @@ func (s *Server) resolveKey(ctx context.Context, login, fp string) (route, error
 	case 1:
 		return route{kind: routeKey, vps: running[0], login: login, fingerprint: fp}, nil
 	case 0:
-		return route{}, userErrorf(nil, "this key opens no running VPS, and %q names none it opens; connect with %s", printable(login), s.hint())
+		return route{}, userErrorf(errKeyOpensNone, "this key opens no running VPS, and %q names none it opens; connect with %s", printable(login), s.hint())
 	default:
 		refs := make([]string, 0, len(running))
 		for _, v := range running {
