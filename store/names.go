@@ -34,13 +34,17 @@ func ValidateName(name string) error {
 	return nil
 }
 
-// reservedNames may not name a new VPS. "root" is the login user people
-// type for key routing (`ssh root@host -p 8002`) and on VPS ports: a VPS
-// that takes no keys under that name would answer everyone's key-routed
-// login with its password prompt. "config" and "connect" are subcommands
-// of `kohakuriver ssh`, so `kohakuriver ssh config` could not reach a VPS
-// of that name.
-var reservedNames = map[string]bool{"root": true, "config": true, "connect": true}
+// reservedNames may not name a new VPS. The first are the login users
+// people type for key routing (`ssh root@host -p 8002`): a VPS of that
+// name would take those logins, and one that takes no keys would answer
+// them with its own password prompt. "config" and "connect" are
+// subcommands of `kohakuriver ssh`, so `kohakuriver ssh config` could not
+// reach a VPS of that name.
+var reservedNames = map[string]bool{
+	"root": true, "admin": true, "user": true, "ubuntu": true, "debian": true,
+	"centos": true, "fedora": true, "ec2-user": true,
+	"config": true, "connect": true,
+}
 
 // ValidateNewName is ValidateName for a VPS being created: it also refuses
 // the reserved names. Records already stored keep their names; only
@@ -50,7 +54,7 @@ func ValidateNewName(name string) error {
 		return err
 	}
 	if reservedNames[name] {
-		return fmt.Errorf("%w: VPS name %q is reserved (a login user or a kohakuriver ssh subcommand); choose another", ErrInvalid, name)
+		return fmt.Errorf("%w: VPS name %q is reserved (a common login user or a kohakuriver ssh subcommand); choose another", ErrInvalid, name)
 	}
 	return nil
 }

@@ -107,7 +107,7 @@ func TestNames(t *testing.T) {
 	for _, tt := range []struct {
 		name string
 		ok   bool
-	}{{"web", true}, {"root", false}, {"config", false}, {"connect", false}, {"roots", true}, {"Web", false}} {
+	}{{"web", true}, {"root", false}, {"ubuntu", false}, {"ec2-user", false}, {"config", false}, {"connect", false}, {"roots", true}, {"Web", false}} {
 		if err := ValidateNewName(tt.name); (err == nil) != tt.ok {
 			t.Errorf("ValidateNewName(%q) = %v, want ok=%v", tt.name, err, tt.ok)
 		}
