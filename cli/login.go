@@ -54,10 +54,10 @@ func (c *LoginCmd) Run(ctx context.Context, env *Env, g *Globals, hc *http.Clien
 			who += ", admin"
 		}
 	}
-	af := authFile{Token: token, Host: cl.Host, Port: cl.APIPort, SSHPort: cl.SSHPort}
-	if cl.sshPortGuessed {
-		af.SSHPort = 0 // not named: the host's report decides at each use
-	}
+	// The SSH port is saved only when this login names it (flag or
+	// environment): otherwise the host's report decides at each use, also
+	// over a port that an older CLI saved as its guess.
+	af := authFile{Token: token, Host: cl.Host, Port: cl.APIPort, SSHPort: g.SSHPort}
 	b, err := json.MarshalIndent(af, "", "  ")
 	if err != nil {
 		return err

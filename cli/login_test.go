@@ -124,6 +124,8 @@ func TestSSHPortFromHost(t *testing.T) {
 	th := startHost(t)
 	th.addVPS(t, store.VPS{Name: "web"})
 	u := newUser(t)
+	// As an older CLI left it: the 8002 guess saved.
+	u.saveAuth("old-token", th.apiPort, 8002)
 	if r := u.run("-H", "127.0.0.1", "-P", itoa(th.apiPort), "login", "--token", th.adminToken); r.code != 0 {
 		t.Fatal(r)
 	}
