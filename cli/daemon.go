@@ -50,6 +50,7 @@ type HostFlags struct {
 	APIAddr    string        `name:"api-addr" default:":8000" env:"HOST_API_ADDR" help:"HTTP API listen address."`
 	SSHAddr    string        `name:"ssh-addr" default:":8002" env:"HOST_SSH_PROXY_ADDR" help:"SSH gateway listen address."`
 	SSHPort    int           `name:"gateway-port" env:"HOST_SSH_PROXY_PORT" help:"SSH gateway port: replaces the port of --ssh-addr."`
+	PublicPort int           `name:"public-gateway-port" env:"KOHAKURIVER_PUBLIC_SSH_PORT" help:"The gateway port users connect to, when a NAT or port mapping puts it elsewhere than the port bound (reported to CLIs, shown in hints)."`
 	PortHost   string        `name:"vps-port-host" default:"" help:"Bind address of the per-VPS SSH ports (default: all interfaces)."`
 	PortMin    int           `name:"vps-port-min" default:"9000" help:"First per-VPS SSH port."`
 	PortMax    int           `name:"vps-port-max" default:"9999" help:"Last per-VPS SSH port."`
@@ -67,12 +68,15 @@ func (f HostFlags) config(log *slog.Logger) (host.Config, func(), error) {
 	if err != nil {
 		return host.Config{}, nil, err
 	}
+	if f.PublicPort < 0 || f.PublicPort > 65535 {
+		return host.Config{}, nil, fmt.Errorf("--public-gateway-port (KOHAKURIVER_PUBLIC_SSH_PORT) %d: give a port from 1 to 65535, or 0 for the port bound", f.PublicPort)
+	}
 	audit, closeAudit, err := openAuditLog(f.AuditLog, f.DataDir)
 	if err != nil {
 		return host.Config{}, nil, err
 	}
 	return host.Config{
-		DataDir: f.DataDir, APIAddr: f.APIAddr, SSHAddr: sshAddr, PortHost: f.PortHost,
+		DataDir: f.DataDir, APIAddr: f.APIAddr, SSHAddr: sshAddr, PortHost: f.PortHost, PublicSSHPort: f.PublicPort,
 		PortMin: f.PortMin, PortMax: f.PortMax, PublicHost: f.PublicHost, DefaultImage: f.Image, Logger: log,
 		AdminAddr: f.AdminAddr, AuditLog: audit, RecordSessions: f.Record,
 	}, closeAudit, nil

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kohakuriver/kohakuriver/gateway/host"
 	"github.com/kohakuriver/kohakuriver/store"
 )
 
@@ -141,5 +142,20 @@ func TestSSHPortFromHost(t *testing.T) {
 	known, _ := os.ReadFile(filepath.Join(u.home, ".kohakuriver", "known_hosts"))
 	if !strings.Contains(string(known), "[127.0.0.1]:"+itoa(th.sshPort)+" ") {
 		t.Fatalf("known_hosts pins another port:\n%s", known)
+	}
+}
+
+// TestPublicSSHPortReported: a host behind a port mapping reports the port
+// users connect to, not the one it binds, and the CLI uses it.
+func TestPublicSSHPortReported(t *testing.T) {
+	t.Parallel()
+	th := startHostWith(t, func(c *host.Config) { c.PublicSSHPort = 2222 })
+	th.addVPS(t, store.VPS{Name: "web"})
+	u := newUser(t)
+	if r := u.run("-H", "127.0.0.1", "-P", itoa(th.apiPort), "login", "--token", th.adminToken); r.code != 0 {
+		t.Fatal(r)
+	}
+	if r := u.run("ssh", "config"); r.code != 0 || !strings.Contains(r.stdout, "    Port 2222\n") {
+		t.Fatalf("want Port 2222 (the public port) in:\n%s", r)
 	}
 }

@@ -136,16 +136,26 @@ var hostCount atomic.Int64
 
 func startHost(t *testing.T) *testHost {
 	t.Helper()
+	return startHostWith(t, nil)
+}
+
+// startHostWith is startHost with mutate applied to the host's config.
+func startHostWith(t *testing.T, mutate func(*host.Config)) *testHost {
+	t.Helper()
 	dir := t.TempDir()
 	// Hosts of parallel tests (and of other test processes) get disjoint
 	// blocks of per-VPS ports, below the ephemeral range (32768 up on
 	// Linux) where outgoing connections could take them.
 	slot := (os.Getpid()*37 + int(hostCount.Add(1))) % 1000
 	base := 10000 + slot*10
-	h, err := host.New(host.Config{
+	cfg := host.Config{
 		DataDir: dir, APIAddr: "127.0.0.1:0", SSHAddr: "127.0.0.1:0", PortHost: "127.0.0.1",
 		PortMin: base, PortMax: base + 9, PublicHost: "127.0.0.1",
-	})
+	}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	h, err := host.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -83,6 +83,10 @@ type Config struct {
 	// PublicHost is the host name shown in user-facing hints
 	// ("ssh <task>@HOST -p 8002"). Default "HOST".
 	PublicHost string
+	// PublicPort is the main port users connect to, when it is not the
+	// one the gateway binds (a NAT or a container's port mapping); 0
+	// means the bound port.
+	PublicPort int
 	// Throttle bans sources that keep failing to log in.
 	Throttle ThrottleConfig
 	// Metrics, if set, receives the gateway's Prometheus metrics.
@@ -425,9 +429,17 @@ func (s *Server) trackConn(c *conn, add bool) bool {
 }
 
 // hint is the routing example shown in refusals.
-func (s *Server) hint() string {
+// PublicPort is the main port users connect to: Config.PublicPort, else
+// the one bound (0 before Listen).
+func (s *Server) PublicPort() int {
+	if s.cfg.PublicPort > 0 {
+		return s.cfg.PublicPort
+	}
 	s.mu.Lock()
-	port := s.mainPort
-	s.mu.Unlock()
-	return "ssh <task>@" + s.cfg.PublicHost + " -p " + strconv.Itoa(port)
+	defer s.mu.Unlock()
+	return s.mainPort
+}
+
+func (s *Server) hint() string {
+	return "ssh <task>@" + s.cfg.PublicHost + " -p " + strconv.Itoa(s.PublicPort())
 }

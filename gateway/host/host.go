@@ -42,6 +42,10 @@ type Config struct {
 	// PublicHost is how users reach this host (shown in hints and the
 	// generated ssh config). Default "localhost".
 	PublicHost string
+	// PublicSSHPort is the gateway port users connect to when it is not
+	// the one bound (NAT, a container's port mapping): reported by the API
+	// and shown in hints. 0 means the bound port.
+	PublicSSHPort int
 	// AdminAddr serves /metrics, /healthz and /readyz; empty disables it.
 	// It has no authentication: bind it to loopback or a private network.
 	AdminAddr string
@@ -182,6 +186,7 @@ func (h *Host) build() error {
 		Hop:         hop,
 		Logger:      h.log.With("component", "gateway"),
 		PublicHost:  h.cfg.PublicHost,
+		PublicPort:  h.cfg.PublicSSHPort,
 	}
 	if h.cfg.Gateway != nil {
 		h.cfg.Gateway(&gcfg)
@@ -232,10 +237,9 @@ func (h *Host) Start() error {
 		ln.Close()
 		return err
 	}
-	// What clients are told to dial: the port bound, also for ":0".
-	if a, ok := h.gw.Addr().(*net.TCPAddr); ok {
-		h.api.SetGatewaySSHPort(a.Port)
-	}
+	// What clients are told to dial: the public port, else the one bound
+	// (also for ":0").
+	h.api.SetGatewaySSHPort(h.gw.PublicPort())
 	var adminLn net.Listener
 	if h.cfg.AdminAddr != "" {
 		if adminLn, err = net.Listen("tcp", h.cfg.AdminAddr); err != nil {
