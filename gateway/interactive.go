@@ -43,21 +43,26 @@ func (s *Server) keyboardInteractive(ctx gliderssh.Context, challenge gossh.Keyb
 	}
 	hctx, cancel := context.WithTimeout(c.ctx, s.cfg.HopTimeout+s.cfg.LoginGraceTime)
 	defer cancel()
+	// Anyone may get this far (no key proved anything): what the gateway
+	// says names only what the client named, the VPS's port or the name
+	// or task id typed, never the VPS's name or node.
+	where := fmt.Sprintf("VPS %s", printable(typedRef(ctx.User())))
+	if r.kind == routePort {
+		where = fmt.Sprintf("the VPS on port %d", c.vpsPort)
+	}
 	v, pinned, nc, err := s.dialVPS(hctx, r.vps)
 	if err != nil {
-		c.refuse(err)
+		state := "unreachable"
+		if v.Status != store.StatusRunning {
+			state = string(v.Status)
+		}
+		c.refuse(userErrorf(err, "%s cannot take a login now (%s); its owner can check `kohakuriver vps status`", where, state))
 		return false
 	}
 	// The user answers prompts at human speed: only the dial is bounded by
 	// HopTimeout; the login grace timer bounds the rest.
 	relay := func(name, instruction string, questions []string, echos []bool) ([]string, error) {
 		return challenge(printable(name), printable(instruction), questions, echos)
-	}
-	// Anyone may reach this prompt: on a VPS port, where the client named
-	// only the port, it names only the port.
-	where := "VPS " + v.Ref()
-	if r.kind == routePort {
-		where = fmt.Sprintf("the VPS on port %d", c.vpsPort)
 	}
 	password := func() (string, error) {
 		answers, err := challenge("", "", []string{fmt.Sprintf("Password for %s in %s: ", r.login, where)}, []bool{false})
@@ -80,6 +85,16 @@ func (s *Server) keyboardInteractive(ctx gliderssh.Context, challenge gossh.Keyb
 		"method", "keyboard-interactive", "owner", r.vps.Owner)
 	c.finishHop(up, nil)
 	return true
+}
+
+// typedRef is the VPS a user name on the main port names (see
+// ParseTarget), as typed.
+func typedRef(user string) string {
+	t, err := ParseTarget(user)
+	if err != nil {
+		return user
+	}
+	return t.Ref
 }
 
 // resolveInteractive routes a login without a key: by user name or port

@@ -181,6 +181,21 @@ func TestKeylessPortPromptNamesOnlyThePort(t *testing.T) {
 	if !strings.Contains(string(asked), want) || strings.Contains(string(asked), "secret-lab") || strings.Contains(string(asked), v.TaskID) {
 		t.Fatalf("prompts %q: want %q, and neither the VPS's name nor its task id", asked, want)
 	}
+
+	// A VPS that cannot take the login says so, again naming the port
+	// only (a pending VPS keeps its port open).
+	g.dir.update(v.TaskID, func(v *store.VPS) { v.Status = store.StatusPending })
+	cmd = execSSH(args...)
+	cmd.Env = append(os.Environ(), "SSH_ASKPASS="+script, "SSH_ASKPASS_REQUIRE=force", "DISPLAY=:0")
+	errb.Reset()
+	cmd.Stderr = &errb
+	if out, err := cmd.Output(); err == nil {
+		t.Fatalf("logged in to a pending VPS: %q", out)
+	}
+	want = fmt.Sprintf("the VPS on port %d cannot take a login now (pending)", port)
+	if !strings.Contains(errb.String(), want) || strings.Contains(errb.String(), "secret-lab") || strings.Contains(errb.String(), "node1") {
+		t.Fatalf("stderr %q: want %q, and neither the VPS's name nor its node", errb.String(), want)
+	}
 }
 
 func TestKeyVPSNeverPromptsForPassword(t *testing.T) {
