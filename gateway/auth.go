@@ -218,10 +218,14 @@ func (s *Server) resolvePort(ctx context.Context, port int, user, fp string) (ro
 	if errors.Is(err, errKeyNotAdmitted) {
 		// The port is all the client named: anyone can find the VPS ports
 		// by connecting, but not the names of the VPSs behind them.
-		return route{}, userErrorf(nil, "this key does not open the VPS on port %d; check the port with `kohakuriver vps list` and the key you offer", port)
+		return route{}, userErrorf(nil, "this key does not open %s; check the port with `kohakuriver vps list` and the key you offer", vpsOnPort(port))
 	}
 	return r, err
 }
+
+// vpsOnPort names a VPS by its port only, for clients that named nothing
+// else.
+func vpsOnPort(port int) string { return fmt.Sprintf("the VPS on port %d", port) }
 
 // resolveKey routes by key alone: the key must open exactly one running VPS.
 func (s *Server) resolveKey(ctx context.Context, login, fp string) (route, error) {

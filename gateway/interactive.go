@@ -36,7 +36,7 @@ func (s *Server) keyboardInteractive(ctx gliderssh.Context, challenge gossh.Keyb
 	if tries > maxInteractiveTries {
 		return false
 	}
-	r, err := s.resolveInteractive(c.ctx, c.vpsPort, ctx.User())
+	r, named, err := s.resolveInteractive(c.ctx, c.vpsPort, ctx.User())
 	if err != nil {
 		c.log.Debug("keyboard-interactive refused", "err", err)
 		return false
@@ -44,19 +44,15 @@ func (s *Server) keyboardInteractive(ctx gliderssh.Context, challenge gossh.Keyb
 	hctx, cancel := context.WithTimeout(c.ctx, s.cfg.HopTimeout+s.cfg.LoginGraceTime)
 	defer cancel()
 	// Anyone may get this far (no key proved anything): what the gateway
-	// says names only what the client named, the VPS's port or the name
-	// or task id typed, never the VPS's name or node.
-	where := fmt.Sprintf("VPS %s", printable(typedRef(ctx.User())))
-	if r.kind == routePort {
-		where = fmt.Sprintf("the VPS on port %d", c.vpsPort)
-	}
+	// says names the VPS only as the client named it, never by its name
+	// or node.
 	v, pinned, nc, err := s.dialVPS(hctx, r.vps)
 	if err != nil {
 		state := "unreachable"
 		if v.Status != store.StatusRunning {
 			state = string(v.Status)
 		}
-		c.refuse(userErrorf(err, "%s cannot take a login now (%s); its owner can check `kohakuriver vps status`", where, state))
+		c.refuse(userErrorf(err, "%s cannot take a login now (%s); its owner can check `kohakuriver vps status`", named, state))
 		return false
 	}
 	// The user answers prompts at human speed: only the dial is bounded by
@@ -65,7 +61,7 @@ func (s *Server) keyboardInteractive(ctx gliderssh.Context, challenge gossh.Keyb
 		return challenge(printable(name), printable(instruction), questions, echos)
 	}
 	password := func() (string, error) {
-		answers, err := challenge("", "", []string{fmt.Sprintf("Password for %s in %s: ", r.login, where)}, []bool{false})
+		answers, err := challenge("", "", []string{fmt.Sprintf("Password for %s in %s: ", r.login, named)}, []bool{false})
 		if err != nil || len(answers) != 1 {
 			return "", errors.New("no password given")
 		}
@@ -87,48 +83,39 @@ func (s *Server) keyboardInteractive(ctx gliderssh.Context, challenge gossh.Keyb
 	return true
 }
 
-// typedRef is the VPS a user name on the main port names (see
-// ParseTarget), as typed.
-func typedRef(user string) string {
-	t, err := ParseTarget(user)
-	if err != nil {
-		return user
-	}
-	return t.Ref
-}
-
 // resolveInteractive routes a login without a key: by user name or port
-// only, and only to a VPS made without keys.
-func (s *Server) resolveInteractive(ctx context.Context, vpsPort int, user string) (route, error) {
+// only, and only to a VPS made without keys. named is the VPS as the
+// client named it ("VPS web", "the VPS on port 9003"), for what is said
+// to it before it has authenticated.
+func (s *Server) resolveInteractive(ctx context.Context, vpsPort int, user string) (r route, named string, err error) {
 	var (
 		v     store.VPS
 		login string
 		kind  routeKind
-		err   error
 	)
 	if vpsPort != 0 {
-		kind, login = routePort, user
+		kind, login, named = routePort, user, vpsOnPort(vpsPort)
 		if v, err = s.cfg.Directory.VPSByPort(ctx, vpsPort); err != nil {
-			return route{}, err
+			return route{}, "", err
 		}
 	} else {
 		t, perr := ParseTarget(user)
 		if perr != nil || t.Ref == "" {
-			return route{}, fmt.Errorf("no VPS named in %q", printable(user))
+			return route{}, "", fmt.Errorf("no VPS named in %q", printable(user))
 		}
-		kind, login = routeUsername, t.Login
+		kind, login, named = routeUsername, t.Login, "VPS "+printable(t.Ref)
 		if v, err = s.cfg.Directory.VPS(ctx, t.Ref); err != nil {
-			return route{}, err
+			return route{}, "", err
 		}
 	}
 	if v.KeyMode != store.KeyModeNone {
-		return route{}, errors.New("vps takes keys only")
+		return route{}, "", errors.New("vps takes keys only")
 	}
 	if login == "" {
 		login = v.LoginUser
 	}
 	if err := store.ValidateLoginUser(login); err != nil {
-		return route{}, err
+		return route{}, "", err
 	}
-	return route{kind: kind, vps: v, login: login}, nil
+	return route{kind: kind, vps: v, login: login}, named, nil
 }

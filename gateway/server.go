@@ -428,7 +428,6 @@ func (s *Server) trackConn(c *conn, add bool) bool {
 	return true
 }
 
-// hint is the routing example shown in refusals.
 // PublicPort is the main port users connect to: Config.PublicPort, else
 // the one bound (0 before Listen).
 func (s *Server) PublicPort() int {
@@ -440,6 +439,7 @@ func (s *Server) PublicPort() int {
 	return s.mainPort
 }
 
+// hint is the routing example shown in refusals.
 func (s *Server) hint() string {
 	return "ssh <task>@" + s.cfg.PublicHost + " -p " + strconv.Itoa(s.PublicPort())
 }
