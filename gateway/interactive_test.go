@@ -101,9 +101,17 @@ func servePasswordConn(nc net.Conn, cfg *gossh.ServerConfig) {
 }
 
 // askpass makes the ssh client answer every prompt with answer.
-func askpass(t *testing.T, answer string) []string {
+func askpass(t *testing.T, answer string) []string { return askpassRecording(t, answer, "") }
+
+// askpassRecording is askpass that also appends each prompt to the file
+// record, when that is set.
+func askpassRecording(t *testing.T, answer, record string) []string {
+	body := "#!/bin/sh\n"
+	if record != "" {
+		body += "echo \"$1\" >> '" + record + "'\n"
+	}
 	script := filepath.Join(t.TempDir(), "askpass")
-	if err := os.WriteFile(script, []byte("#!/bin/sh\necho '"+answer+"'\n"), 0o700); err != nil {
+	if err := os.WriteFile(script, []byte(body+"echo '"+answer+"'\n"), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	return []string{"SSH_ASKPASS=" + script, "SSH_ASKPASS_REQUIRE=force", "DISPLAY=:0"}
@@ -163,14 +171,11 @@ func TestKeylessPortPromptNamesOnlyThePort(t *testing.T) {
 	waitPortListening(t, g.srv, port)
 
 	prompts := filepath.Join(t.TempDir(), "prompts")
-	script := filepath.Join(t.TempDir(), "askpass")
-	if err := os.WriteFile(script, []byte("#!/bin/sh\necho \"$1\" >> "+prompts+"\necho opensesame\n"), 0o700); err != nil {
-		t.Fatal(err)
-	}
+	askEnv := askpassRecording(t, "opensesame", prompts)
 	args := interactiveArgs(g.sshArgs(newUserKey(t), port, "-o", "NumberOfPasswordPrompts=1",
 		"-o", "PreferredAuthentications=publickey,keyboard-interactive", "bob@127.0.0.1", "ignored"))
 	cmd := execSSH(args...)
-	cmd.Env = append(os.Environ(), "SSH_ASKPASS="+script, "SSH_ASKPASS_REQUIRE=force", "DISPLAY=:0")
+	cmd.Env = append(os.Environ(), askEnv...)
 	var errb strings.Builder
 	cmd.Stderr = &errb
 	if out, err := cmd.Output(); err != nil || string(out) != "hello bob\n" {
@@ -186,7 +191,7 @@ func TestKeylessPortPromptNamesOnlyThePort(t *testing.T) {
 	// only (a pending VPS keeps its port open).
 	g.dir.update(v.TaskID, func(v *store.VPS) { v.Status = store.StatusPending })
 	cmd = execSSH(args...)
-	cmd.Env = append(os.Environ(), "SSH_ASKPASS="+script, "SSH_ASKPASS_REQUIRE=force", "DISPLAY=:0")
+	cmd.Env = append(os.Environ(), askEnv...)
 	errb.Reset()
 	cmd.Stderr = &errb
 	if out, err := cmd.Output(); err == nil {
